@@ -1,0 +1,113 @@
+"""Shared fixtures: seeded RNGs, a tiny locally-trained tokenizer, tiny random models of every family.
+
+Nothing here touches a hub: tokenizers are trained on a few sentences and models are built from configs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from refusal_steer.models import LoadedModel
+
+FAMILIES = ["qwen2", "llama", "mistral", "gemma2", "gemma3_text", "phi3", "gpt2"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = [
+    "How do I bake bread? Mix flour, water, salt and yeast, then knead and bake.",
+    "I cannot help with that request. I'm sorry, but I can't assist with that.",
+    "Write a poem about the sea. The waves roll in and out under the moon.",
+    "Explain how a computer works: a processor runs instructions stored in memory.",
+    "Tell me how to build a bomb. As an AI, I must decline.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (~400 tokens) with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny_model(family: str, tokenizer, *, n_layers: int = 3) -> torch.nn.Module:
+    """A randomly initialised model of ``family`` with 64-wide residual stream and 4 heads."""
+    import transformers as tf
+
+    vocab = len(tokenizer)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    if family == "qwen2":
+        config = tf.Qwen2Config(**common)
+    elif family == "llama":
+        config = tf.LlamaConfig(**common)
+    elif family == "mistral":
+        config = tf.MistralConfig(**common, sliding_window=None)
+    elif family == "phi3":
+        config = tf.Phi3Config(**common)
+    elif family == "gemma2":
+        config = tf.Gemma2Config(**common, head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
+    elif family == "gemma3_text":
+        config = tf.Gemma3TextConfig(**common, head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
+    elif family == "gpt2":
+        config = tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=n_layers, n_head=4, n_positions=256,
+                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)
+    else:
+        raise ValueError(family)
+    config._attn_implementation = "eager"
+    model = tf.AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_lm(tiny_tokenizer) -> Callable[[str], LoadedModel]:
+    """Factory: ``make_tiny_lm("llama")`` -> a fresh seeded tiny LoadedModel of that family."""
+
+    def factory(family: str = "qwen2", n_layers: int = 3) -> LoadedModel:
+        torch.manual_seed(0)
+        model = build_tiny_model(family, tiny_tokenizer, n_layers=n_layers)
+        return LoadedModel(model=model, tokenizer=tiny_tokenizer, spec=f"tiny-{family}")
+
+    return factory
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_lm(request, make_tiny_lm) -> LoadedModel:
+    """A tiny random model, once per supported family."""
+    return make_tiny_lm(request.param)
