@@ -1,0 +1,7 @@
+"""Import every sub-command module so each registers itself on the root app."""
+
+from __future__ import annotations
+
+# Each module below adds its commands to ``refusal_steer.cli.app`` at import time.
+from . import models_cmd  # noqa: F401
+from . import data_cmd  # noqa: F401
