@@ -1,0 +1,106 @@
+"""The saved-direction format: ``DIR/direction.safetensors`` (what ``ablate:DIR`` / ``actadd:DIR`` read).
+
+Format (version 1):
+
+- one tensor named ``direction``, shape ``(d_model,)``: the *raw* direction, e.g. the
+  difference-in-means vector of Arditi et al. (2024, §2.3), not normalised, so activation addition
+  adds it with its natural norm; ablation normalises it itself.
+- safetensors metadata (all strings): ``format`` = ``"refusal-steer/direction"``, ``version`` = ``"1"``,
+  ``point`` (the hook point it was computed at, e.g. ``"resid_pre.12"``), ``layer`` (its layer, an
+  integer), and optional entries such as ``position`` (e.g. ``"-1"``), ``model`` (the model spec),
+  ``model_sha256``, ``d_model``, ``created_by``; unknown keys are kept in :attr:`SavedDirection.metadata`.
+
+Never pickle: only safetensors are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
+from ..hooks import HookPoint
+
+DIRECTION_FILENAME = "direction.safetensors"
+DIRECTION_TENSOR = "direction"
+DIRECTION_FORMAT = "refusal-steer/direction"
+
+
+@dataclass(frozen=True, eq=False)
+class SavedDirection:
+    """A direction loaded from disk: the raw vector, the point it belongs to, and its metadata."""
+
+    direction: Tensor
+    point: HookPoint
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def layer(self) -> int:
+        return self.point.layer
+
+
+def _file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.suffix == ".safetensors" else path / DIRECTION_FILENAME
+
+
+def load_direction(path: str | Path) -> SavedDirection:
+    """Load a saved direction from ``DIR`` (or ``DIR/direction.safetensors`` directly).
+
+    Args:
+        path: a directory holding ``direction.safetensors``, or that file.
+
+    Returns:
+        A :class:`SavedDirection` with the float32 vector and its hook point.
+
+    Raises:
+        ConfigError: the file does not exist.
+        CorruptFileError: the file cannot be read or lacks the ``direction`` tensor / ``point`` metadata.
+
+    Example:
+        >>> saved = load_direction("runs/qwen/direction")  # doctest: +SKIP
+        >>> saved.point, saved.direction.shape  # doctest: +SKIP
+        (HookPoint(site=<Site.RESID_PRE: 'resid_pre'>, layer=12, head=None), torch.Size([896]))
+    """
+    from safetensors import safe_open
+
+    file = _file(path)
+    if not file.is_file():
+        raise ConfigError(f"no saved direction at {file}", fix="point at a directory written by the directions stage (it holds direction.safetensors)")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            if DIRECTION_TENSOR not in handle.keys():
+                raise CorruptFileError(f"{file} has no tensor named {DIRECTION_TENSOR!r}", fix="re-save the direction")
+            direction = handle.get_tensor(DIRECTION_TENSOR)
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"cannot read {file}: {exc}", fix="re-save the direction; the file is truncated or not safetensors") from exc
+    if direction.dim() != 1:
+        raise ShapeMismatchError(f"{file}: direction has shape {tuple(direction.shape)}, expected (d_model,)")
+    if "point" in metadata:
+        point = HookPoint.parse(metadata["point"])
+    elif "layer" in metadata:
+        point = HookPoint.parse(f"resid_pre.{int(metadata['layer'])}")
+    else:
+        raise CorruptFileError(f"{file} metadata names no 'point' or 'layer'", fix="re-save the direction with its hook point")
+    return SavedDirection(direction=direction.to(torch.float32), point=point, metadata=metadata)
+
+
+def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:
+    """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors``; return the file."""
+    from safetensors.torch import save_file
+
+    point = HookPoint.parse(point)
+    file = _file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {str(k): str(v) for k, v in metadata.items()}
+    meta.update(format=DIRECTION_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
+    tmp = file.with_name(file.name + ".tmp")
+    save_file({DIRECTION_TENSOR: direction.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=meta)
+    tmp.replace(file)
+    return file

@@ -1,0 +1,65 @@
+"""Activation addition: x <- x + coef * v at one point (Turner et al. 2023; Arditi et al. 2024, §2.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..hooks import HookCall, HookPoint
+from ..models.loaded import LoadedModel
+from ._vector import CastCache, as_points, as_vector, check_width
+from .positions import PositionSpec, parse_positions, position_mask
+
+
+@dataclass(frozen=True, eq=False)
+class Add:
+    """Add ``coef * vector`` to the activation at ``point``; the vector keeps its norm (not normalised).
+
+    Args:
+        vector: a ``(d,)`` vector, e.g. a difference-in-means refusal direction; stored in float32.
+        point: one hook point (``"resid_pre.12"``).
+        coef: scale; negative values subtract.
+        positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or prompt-token indices.
+
+    Example:
+        >>> steer = Add(direction, "resid_pre.12", coef=1.0)  # doctest: +SKIP
+    """
+
+    kind: ClassVar[str] = "add"
+
+    vector: Tensor
+    point: HookPoint
+    coef: float = 1.0
+    positions: PositionSpec = "all"
+    _scaled: Tensor | None = field(default=None, init=False, repr=False)
+    _cast: CastCache = field(default_factory=CastCache, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        (point,) = as_points(self.point)
+        try:
+            coef = float(self.coef)
+        except (TypeError, ValueError):
+            raise ConfigError(f"coef {self.coef!r} is not a number") from None
+        object.__setattr__(self, "point", point)
+        object.__setattr__(self, "coef", coef)
+        object.__setattr__(self, "vector", as_vector(self.vector, name="added vector", unit=False))
+        # Scale once here so the hook is a single add.
+        object.__setattr__(self, "_scaled", self.vector * coef)
+        object.__setattr__(self, "positions", parse_positions(self.positions))
+
+    @property
+    def points(self) -> tuple[HookPoint, ...]:
+        return (self.point,)
+
+    def validate(self, lm: LoadedModel) -> None:
+        check_width(self.vector, self.points, lm, "added vector")
+
+    def __call__(self, x: Tensor, call: HookCall) -> Tensor:
+        delta = self._cast.get(self._scaled, x)
+        mask = position_mask(self.positions, call.positions, x.dtype)
+        if mask is None:
+            return x + delta
+        return x.addcmul(mask, delta)
