@@ -1,0 +1,232 @@
+"""Pick one refusal direction among the difference-in-means candidates (Arditi et al. 2024, App. C).
+
+For each candidate (position, layer) with raw direction r:
+
+- *bypass score*: mean refusal log-odds on harmful validation prompts with r ablated at every
+  residual write (lower = ablation removes more refusal);
+- *induce score*: mean refusal log-odds on harmless validation prompts with r added at ``resid_pre``
+  of its layer (higher = addition induces refusal);
+- *KL*: mean KL(base || ablated) of the next-token distribution on harmless validation prompts.
+
+Candidates in the last ``1 - max_layer_fraction`` of layers, with ``KL >= kl_threshold`` or with
+``induce <= induce_threshold`` are discarded; the lowest bypass score wins. We score the bypass of the
+candidates in ascending order and compute KL and induce lazily, stopping at the first that passes the
+filters: this selects exactly the candidate the full table would, for far fewer forward passes. With
+``screen_top_k > 0`` only the candidates with the best first-order bypass estimates
+(:mod:`.screening`) get an exact bypass score; ``screen_top_k=0`` scores every candidate exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, RefusalSteerError
+from ..hooks import HookPoint, Site
+from ..interventions import Add, all_layers_ablation
+from ..models import LoadedModel
+from .diff_in_means import MeanDiffs
+from .scores import kl_divergence, last_token_logprobs, refusal_log_odds
+from .screening import estimate_ablation_effects
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Options of direction selection; defaults follow Arditi et al. (2024, App. C)."""
+
+    kl_threshold: float = 0.1
+    """Discard candidates whose ablation moves harmless next-token distributions by this KL (nats) or more."""
+    induce_threshold: float = 0.0
+    """Discard candidates whose addition leaves the harmless refusal log-odds at or below this."""
+    max_layer_fraction: float = 0.8
+    """Only consider layers below this fraction of the depth (late layers just copy the output)."""
+    screen_top_k: int = 16
+    """Exactly score only the k candidates with the best first-order estimate; 0 scores all."""
+    full_table: bool = False
+    """Compute KL and induce for every exactly scored candidate instead of stopping at the winner."""
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_layer_fraction <= 1:
+            raise ConfigError(f"max_layer_fraction={self.max_layer_fraction} must be in (0, 1]")
+        if self.kl_threshold <= 0:
+            raise ConfigError(f"kl_threshold={self.kl_threshold} must be positive")
+        if self.screen_top_k < 0:
+            raise ConfigError(f"screen_top_k={self.screen_top_k} must be >= 0 (0 scores every candidate)")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+
+
+@dataclass
+class CandidateScore:
+    """One row of the selection table; scores are None where not computed."""
+
+    position: int
+    layer: int
+    estimated_bypass: float | None = None
+    bypass: float | None = None
+    induce: float | None = None
+    kl: float | None = None
+    status: str = "not evaluated"
+
+
+@dataclass
+class Selection:
+    """The outcome: the chosen candidate, the whole table and the baselines it was judged against."""
+
+    position: int
+    layer: int
+    direction: torch.Tensor
+    table: list[CandidateScore]
+    baseline_harmful: float
+    baseline_harmless: float
+    refusal_token_ids: list[int]
+    config: SelectionConfig
+    n_val_harmful: int
+    n_val_harmless: int
+    screen_rank_correlation: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def point(self) -> HookPoint:
+        return HookPoint(Site.RESID_PRE, self.layer)
+
+    def chosen(self) -> CandidateScore:
+        return next(row for row in self.table if row.status == "selected")
+
+    def to_json(self) -> dict:
+        return {
+            "position": self.position,
+            "layer": self.layer,
+            "point": str(self.point),
+            "chosen": asdict(self.chosen()),
+            "baseline_refusal_score_harmful": self.baseline_harmful,
+            "baseline_refusal_score_harmless": self.baseline_harmless,
+            "refusal_token_ids": self.refusal_token_ids,
+            "n_val_harmful": self.n_val_harmful,
+            "n_val_harmless": self.n_val_harmless,
+            "screen_rank_correlation": self.screen_rank_correlation,
+            "config": asdict(self.config),
+            "table": [asdict(row) for row in self.table],
+            **self.extra,
+        }
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    if len(a) < 3:
+        return None
+    ra = torch.tensor(a).argsort().argsort().float()
+    rb = torch.tensor(b).argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = (ra.norm() * rb.norm()).item()
+    return float((ra @ rb).item() / denom) if denom else None
+
+
+def select_direction(
+    lm: LoadedModel,
+    diffs: MeanDiffs,
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    refusal_token_ids: Sequence[int],
+    config: SelectionConfig = SelectionConfig(),
+    *,
+    system: str | None = None,
+    progress: bool = True,
+) -> Selection:
+    """Choose the refusal direction among ``diffs`` on validation prompts (disjoint from the fitting prompts)."""
+    if not harmful_val or not harmless_val:
+        raise ConfigError("selection needs harmful and harmless validation prompts", fix="use a larger dataset or --n-val")
+    bs = config.batch_size
+    base_harmful = last_token_logprobs(lm, harmful_val, batch_size=bs, system=system)
+    base_harmless = last_token_logprobs(lm, harmless_val, batch_size=bs, system=system)
+    baseline_harmful = refusal_log_odds(base_harmful, refusal_token_ids).mean().item()
+    baseline_harmless = refusal_log_odds(base_harmless, refusal_token_ids).mean().item()
+
+    max_layer = config.max_layer_fraction * diffs.n_layers
+    table = [CandidateScore(position=pos, layer=layer) for pos in diffs.positions for layer in range(diffs.n_layers)]
+    norms = diffs.diffs.norm(dim=-1)
+    scale = norms.max().clamp_min(1e-12)
+    for row in table:
+        if row.layer >= max_layer:
+            row.status = "filtered: layer"
+        elif norms[diffs.positions.index(row.position), row.layer] <= 1e-6 * scale:
+            # e.g. layer 0: the post-instruction tokens' embeddings are the same for every prompt.
+            row.status = "filtered: zero"
+    allowed = [row for row in table if row.status == "not evaluated"]
+
+    if config.screen_top_k and config.screen_top_k < len(allowed):
+        stacked = torch.stack([diffs.candidate(row.position, row.layer) for row in allowed])
+        effects = estimate_ablation_effects(lm, harmful_val, refusal_token_ids, stacked, batch_size=max(1, bs // 2), system=system)
+        for row, effect in zip(allowed, effects.tolist()):
+            row.estimated_bypass = baseline_harmful + effect
+        shortlist = sorted(allowed, key=lambda row: row.estimated_bypass)[: config.screen_top_k]
+    else:
+        shortlist = allowed
+
+    def bypass(row: CandidateScore) -> float:
+        ablation = all_layers_ablation(diffs.candidate(row.position, row.layer), lm)
+        logprobs = last_token_logprobs(lm, harmful_val, [ablation], batch_size=bs, system=system)
+        return refusal_log_odds(logprobs, refusal_token_ids).mean().item()
+
+    for row in tqdm(shortlist, desc="bypass scores", unit="candidate", disable=not progress):
+        row.bypass = bypass(row)
+
+    def passes(row: CandidateScore) -> bool:
+        direction = diffs.candidate(row.position, row.layer)
+        ablated = last_token_logprobs(lm, harmless_val, [all_layers_ablation(direction, lm)], batch_size=bs, system=system)
+        row.kl = kl_divergence(base_harmless, ablated).mean().item()
+        added = last_token_logprobs(lm, harmless_val, [Add(direction, HookPoint(Site.RESID_PRE, row.layer))], batch_size=bs, system=system)
+        row.induce = refusal_log_odds(added, refusal_token_ids).mean().item()
+        if not math.isfinite(row.kl) or row.kl >= config.kl_threshold:
+            row.status = "filtered: kl"
+            return False
+        if row.induce <= config.induce_threshold:
+            row.status = "filtered: induce"
+            return False
+        row.status = "passed"
+        return True
+
+    chosen: CandidateScore | None = None
+    remaining = sorted(shortlist, key=lambda row: row.bypass)
+    for row in tqdm(remaining, desc="filters (KL, induce)", unit="candidate", disable=not progress):
+        if passes(row) and chosen is None:
+            chosen = row
+            if not config.full_table:
+                break
+    if chosen is None and len(shortlist) < len(allowed):
+        logger.warning("no screened candidate passed the filters; scoring the remaining candidates exactly")
+        rest = sorted((row for row in allowed if row not in shortlist), key=lambda row: row.estimated_bypass)
+        for row in tqdm(rest, desc="bypass scores (rest)", unit="candidate", disable=not progress):
+            row.bypass = bypass(row)
+        for row in sorted(rest, key=lambda row: row.bypass):
+            if passes(row):
+                chosen = row
+                break
+    if chosen is None:
+        raise RefusalSteerError(
+            "no candidate direction passed the KL and induce filters",
+            fix="relax --kl-threshold / --induce-threshold, or use more training prompts",
+        )
+    chosen.status = "selected"
+    scored = [row for row in shortlist if row.estimated_bypass is not None and row.bypass is not None]
+    correlation = _spearman([r.estimated_bypass for r in scored], [r.bypass for r in scored]) if scored else None
+    return Selection(
+        position=chosen.position,
+        layer=chosen.layer,
+        direction=diffs.candidate(chosen.position, chosen.layer).clone(),
+        table=table,
+        baseline_harmful=baseline_harmful,
+        baseline_harmless=baseline_harmless,
+        refusal_token_ids=list(refusal_token_ids),
+        config=config,
+        n_val_harmful=len(harmful_val),
+        n_val_harmless=len(harmless_val),
+        screen_rank_correlation=correlation,
+    )
