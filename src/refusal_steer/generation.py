@@ -1,0 +1,256 @@
+"""Batched, padding-correct generation under interventions.
+
+Prompts are chat-formatted with the model's template, sorted by length into batches (less padding),
+left-padded with attention masks (transformers derives position ids from the mask), and generated with
+``model.generate`` and the KV cache while the interventions are installed through
+:func:`refusal_steer.hooks.apply`. :func:`refusal_steer.hooks.prompt_boundary` tells the hooks where the
+prompt ends, so ``positions="prompt"``/``"generated"`` mean the same with the cache on or off.
+
+We use ``model.generate`` rather than a hand-written loop: it is exactly the baseline users compare
+against (an empty intervention list reproduces its tokens), it knows every family's cache type, and
+``bench/bench_generation.py`` measures the hooks' overhead on top of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, ResourceExhaustedError
+from .hooks import Intervention, apply, prompt_boundary
+from .models.chat import PromptLike, format_chat, tokenize_exact
+from .models.loaded import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer.
+
+    ``token_ids`` are the new tokens, up to and including the stop token when one was produced
+    (``finish_reason == "stop"``); ``text`` is their decoding without special tokens.
+    """
+
+    prompt: PromptLike
+    text: str
+    token_ids: tuple[int, ...]
+    n_prompt_tokens: int
+    n_new_tokens: int
+    finish_reason: FinishReason
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (one line of ``--out FILE.jsonl``)."""
+        out = asdict(self)
+        out["token_ids"] = list(self.token_ids)
+        return out
+
+
+def as_prompt(item: Any) -> PromptLike:
+    """A prompt from a string, a message list, or a dataset record (``.prompt`` / ``.messages``)."""
+    if isinstance(item, str):
+        return item
+    if hasattr(item, "prompt") and isinstance(item.prompt, str):
+        return item.prompt
+    if hasattr(item, "messages"):
+        return list(item.messages)
+    if isinstance(item, Sequence) and all(isinstance(m, dict) for m in item):
+        return list(item)
+    raise ConfigError(
+        f"cannot turn a {type(item).__name__} into a prompt",
+        fix="pass strings, lists of {'role', 'content'} messages, or Instruction/Conversation records",
+    )
+
+
+def encode_prompts(lm: LoadedModel, prompts: Iterable[Any], *, system: str | None = None) -> list[list[int]]:
+    """Chat-format and tokenise each prompt (no second BOS: the template brings its own)."""
+    return [tokenize_exact(lm.tokenizer, format_chat(lm.tokenizer, as_prompt(p), system=system)) for p in prompts]
+
+
+def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask`` tensors of shape (batch, max_len)."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        if tokens:
+            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def length_order(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted longest first, so consecutive batches hold similar lengths (less padding) and an
+    out-of-memory shows up on the first batch."""
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/MPS/CPU out-of-memory errors."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def run_with_backoff(
+    items: Sequence[int], batch_size: int, run_batch: Any, *, what: str = "batch", progress: Any = None
+) -> Iterator[tuple[list[int], Any]]:
+    """Run ``run_batch(indices)`` over ``items`` in batches, halving the batch size on out-of-memory.
+
+    Yields ``(indices, result)`` per finished batch. At batch size 1 an out-of-memory raises
+    :class:`ResourceExhaustedError`.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    position = 0
+    size = batch_size
+    while position < len(items):
+        indices = list(items[position:position + size])
+        try:
+            result = run_batch(indices)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise ResourceExhaustedError(f"out of memory on a {what} of size 1 ({exc})") from exc
+            size = max(1, size // 2)
+            logger.warning("out of memory on a %s; retrying with batch size %d", what, size)
+            continue
+        position += len(indices)
+        if progress is not None:
+            progress.update(len(indices))
+        yield indices, result
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    ids = getattr(lm.model.generation_config, "eos_token_id", None)
+    if ids is None:
+        ids = lm.tokenizer.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if not ids:
+        raise ConfigError(f"{lm.spec} defines no end-of-sequence token", fix="set model.generation_config.eos_token_id")
+    return ids
+
+
+def generation_kwargs(
+    lm: LoadedModel,
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    use_cache: bool,
+) -> dict[str, Any]:
+    """The exact ``model.generate`` arguments: explicit, so the checkpoint's own sampling defaults
+    (repetition penalty, top-k...) never leak in silently."""
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        use_cache=use_cache,
+        eos_token_id=_eos_ids(lm),
+        pad_token_id=lm.tokenizer.pad_token_id,
+        repetition_penalty=1.0,
+    )
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p, top_k=0, min_p=None)
+    return kwargs
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[Any],
+    interventions: Sequence[Intervention] = (),
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    batch_size: int = 8,
+    system: str | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> list[Completion]:
+    """Generate an answer to every prompt with ``interventions`` installed, batched and left-padded.
+
+    Args:
+        lm: the model.
+        prompts: strings, message lists, or dataset records (``Instruction``/``Conversation``).
+        interventions: installed for the whole call (validated before any forward pass).
+        max_new_tokens: generation budget per prompt; generation stops earlier on an EOS token.
+        do_sample: sample instead of greedy decoding.
+        temperature, top_p: sampling parameters (ignored when greedy).
+        seed: seeds sampling (reproducible for the same prompts and batch size); the global RNG is
+            left untouched.
+        batch_size: prompts per batch; halved automatically on out-of-memory.
+        system: an optional system prompt for every prompt.
+        use_cache: use the KV cache (turning it off gives the same tokens, only slower).
+        progress: show a progress bar over prompts.
+
+    Returns:
+        One :class:`Completion` per prompt, in input order.
+
+    Example:
+        >>> [c.text for c in generate(lm, ["How do I bake bread?"], max_new_tokens=32)]  # doctest: +SKIP
+    """
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    texts = [as_prompt(p) for p in prompts]
+    encoded = encode_prompts(lm, texts, system=system)
+    kwargs = generation_kwargs(lm, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, use_cache=use_cache)
+    eos = set(kwargs["eos_token_id"])
+    results: list[Completion | None] = [None] * len(prompts)
+    order = length_order([len(t) for t in encoded])
+
+    def run_batch(indices: list[int]) -> Tensor:
+        batch = left_pad([encoded[i] for i in indices], lm.tokenizer.pad_token_id, lm.device)
+        with prompt_boundary(lm, batch["input_ids"].shape[1]):
+            out = lm.model.generate(**batch, **kwargs)
+        return out[:, batch["input_ids"].shape[1]:].cpu()
+
+    bar = _progress(len(prompts), "generating", progress)
+    rng = torch.random.fork_rng(devices=_rng_devices(lm)) if seed is not None else nullcontext()
+    with bar, rng, apply(lm, interventions), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for indices, new_tokens in run_with_backoff(order, batch_size, run_batch, what="generation batch", progress=bar):
+            for row, index in enumerate(indices):
+                results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist(), eos)
+    return [r for r in results if r is not None]
+
+
+def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[int], eos: set[int]) -> Completion:
+    finish: FinishReason = "length"
+    for position, token in enumerate(new):
+        if token in eos:
+            new = new[: position + 1]
+            finish = "stop"
+            break
+    text = lm.tokenizer.decode(new, skip_special_tokens=True)
+    return Completion(prompt=prompt, text=text, token_ids=tuple(new), n_prompt_tokens=n_prompt, n_new_tokens=len(new), finish_reason=finish)
+
+
+def _rng_devices(lm: LoadedModel) -> list[Any]:
+    device = lm.device
+    return [device] if device.type == "cuda" else []
+
+
+def _progress(total: int, desc: str, enabled: bool, unit: str = "prompt") -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
