@@ -87,6 +87,15 @@ def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.de
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids that start at 0 on each row's first real token (what ``model.generate`` derives).
+
+    A plain forward pass over a left-padded batch needs them: without them absolute-position models
+    (GPT-2) would see every row shifted by its padding.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def length_order(lengths: Sequence[int]) -> list[int]:
     """Indices sorted longest first, so consecutive batches hold similar lengths (less padding) and an
     out-of-memory shows up on the first batch."""
