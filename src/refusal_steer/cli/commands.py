@@ -5,3 +5,4 @@ from __future__ import annotations
 # Each module below adds its commands to ``refusal_steer.cli.app`` at import time.
 from . import models_cmd  # noqa: F401
 from . import data_cmd  # noqa: F401
+from . import gen_cmd  # noqa: F401
