@@ -5,4 +5,5 @@ from __future__ import annotations
 # Each module below adds its commands to ``refusal_steer.cli.app`` at import time.
 from . import models_cmd  # noqa: F401
 from . import data_cmd  # noqa: F401
+from . import sae_cmd  # noqa: F401
 from . import gen_cmd  # noqa: F401

@@ -1,0 +1,116 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with
+JumpReLU Sparse Autoencoders"); the architecture of Gemma Scope.
+
+``f_i = z_i * H(z_i - theta_i)`` with a learned per-latent threshold ``theta`` (kept in float32
+whatever the SAE dtype). The loss is ``||x - x_hat||^2 + l0_coefficient * ||f||_0``; the step
+function has no gradient, so ``theta`` learns through straight-through estimators with a rectangle
+kernel of width ``bandwidth`` (§3, eqs. 11-12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .base import Sae, SaeStepOutput, reconstruction_stats
+from .config import SaeConfig, _require
+from .registry import register
+
+
+@dataclass
+class JumpReluConfig(SaeConfig):
+    """Config of :class:`JumpReluSae`."""
+
+    ARCH: ClassVar[str] = "jumprelu"
+
+    l0_coefficient: float = 1.0
+    """Weight of the L0 penalty (the loss uses summed squared error in normalised units)."""
+    bandwidth: float = 0.05
+    """Width of the rectangle kernel of the straight-through estimators."""
+    init_threshold: float = 0.1
+    """Initial threshold of every latent."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.l0_coefficient >= 0, "l0_coefficient", f"must be >= 0, got {self.l0_coefficient}")
+        _require(self.bandwidth > 0, "bandwidth", f"must be > 0, got {self.bandwidth}")
+        _require(self.init_threshold > 0, "init_threshold", f"must be > 0, got {self.init_threshold}")
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``z * H(z - theta)``; d/dz = H(z - theta), d/dtheta = -(theta / eps) K((z - theta) / eps) (eq. 11)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_z = grad * (z > theta).to(grad.dtype)
+        g_t = (-(theta / eps) * _rectangle((z - theta) / eps) * grad).reshape(-1, theta.shape[-1]).sum(0)
+        return g_z, g_t, None
+
+
+class _Step(torch.autograd.Function):
+    """``H(z - theta)``; d/dz = 0, d/dtheta = -(1 / eps) K((z - theta) / eps) (eq. 12)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_t = (-(1.0 / eps) * _rectangle((z - theta) / eps) * grad).reshape(-1, theta.shape[-1]).sum(0)
+        return None, g_t, None
+
+
+@register("jumprelu")
+class JumpReluSae(Sae):
+    """``f = JumpReLU_theta(W_enc (x - b_dec) + b_enc)``, ``x_hat = W_dec f + b_dec``."""
+
+    config_class = JumpReluConfig
+    cfg: JumpReluConfig
+
+    def __init__(self, cfg: JumpReluConfig) -> None:
+        super().__init__(cfg)
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.init_threshold, dtype=torch.float32))
+
+    def activation(self, pre: Tensor) -> Tensor:
+        # Compare in float32: a bf16 pre-activation against a float32 threshold (Gemma Scope keeps it float32).
+        return pre * (pre.float() > self.threshold).to(pre.dtype)
+
+    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
+        xn = self.normalize_input(x)
+        pre = self.pre_acts_normalized(xn).float()
+        f = _JumpReLU.apply(torch.relu(pre), self.threshold, self.cfg.bandwidth)
+        x_hat = self.decode_normalized(f.to(self.W_dec.dtype))
+        rec, mse, fvu = reconstruction_stats(xn, x_hat)
+        l0_soft = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        loss = rec + self.cfg.l0_coefficient * l0_soft
+        active = f > 0
+        return SaeStepOutput(
+            loss=loss, mse=mse.detach(), fvu=fvu.detach(), l0=l0_soft.detach(), aux_loss=l0_soft.detach(), fired=active.any(0)
+        )
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Keep thresholds positive (a JumpReLU with theta <= 0 would pass negative pre-activations' ReLU zeros)."""
+        self.threshold.clamp_(min=1e-6)
+
+
+__all__ = ["JumpReluConfig", "JumpReluSae"]

@@ -1,0 +1,269 @@
+"""SAE quality metrics.
+
+Reconstruction metrics on held-out activations are pure tensor functions (:func:`mse`, :func:`fvu`,
+:func:`l0`, :func:`firing_frequencies`, :func:`dead_fraction`, :func:`dense_fraction`) plus a
+streaming :func:`evaluate_sae` over batches. Metrics with the SAE spliced into the model
+(cross-entropy loss recovered and KL, with and without the error term) are in :func:`spliced_metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .base import Sae
+
+if TYPE_CHECKING:
+    from ..models.loaded import LoadedModel
+
+
+# --------------------------------------------------------------------------- pure functions
+def mse(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Mean squared error per element.
+
+    Example:
+        >>> float(mse(torch.zeros(2, 2), torch.ones(2, 2)))
+        1.0
+    """
+    return (x.float() - x_hat.float()).pow(2).mean()
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Fraction of variance unexplained: ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over tokens ``(n, d)``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+        >>> float(fvu(x, torch.zeros(2, 2)))
+        1.0
+    """
+    x = x.reshape(-1, x.shape[-1]).float()
+    x_hat = x_hat.reshape(-1, x_hat.shape[-1]).float()
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
+def l0(latents: Tensor) -> Tensor:
+    """Mean number of non-zero latents per token.
+
+    Example:
+        >>> float(l0(torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 3.0]])))
+        1.5
+    """
+    return (latents != 0).sum(-1).float().mean()
+
+
+def firing_frequencies(latents: Tensor) -> Tensor:
+    """(d_sae,) fraction of tokens on which each latent is non-zero."""
+    return (latents.reshape(-1, latents.shape[-1]) != 0).float().mean(0)
+
+
+def dead_fraction(frequencies: Tensor) -> Tensor:
+    """Fraction of latents that never fired (frequency exactly 0)."""
+    return (frequencies == 0).float().mean()
+
+
+def dense_fraction(frequencies: Tensor, threshold: float = 0.1) -> Tensor:
+    """Fraction of latents firing on more than ``threshold`` of tokens (dense latents)."""
+    return (frequencies > threshold).float().mean()
+
+
+# --------------------------------------------------------------------------- streaming evaluation
+@dataclass(frozen=True)
+class SaeMetrics:
+    """Reconstruction metrics of an SAE on held-out activations (``mse`` in raw activation units)."""
+
+    n_tokens: int
+    mse: float
+    fvu: float
+    l0: float
+    dead_fraction: float
+    dense_fraction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_sae(sae: Sae, batches: Iterable[Tensor], *, dense_threshold: float = 0.1, max_tokens: int | None = None) -> SaeMetrics:
+    """Stream ``(n, d_in)`` activation batches through ``sae`` and aggregate the metrics exactly.
+
+    FVU is over the whole set (total variance around the global mean), not averaged per batch.
+
+    Args:
+        sae: the SAE.
+        batches: raw activations, ``(n, d_in)`` or ``(..., d_in)`` each.
+        dense_threshold: firing frequency above which a latent counts as dense.
+        max_tokens: stop after this many tokens.
+
+    Example:
+        >>> from refusal_steer.sae import TopKConfig, build_sae
+        >>> evaluate_sae(build_sae(TopKConfig(d_in=4, d_sae=8, k=2)), [torch.randn(16, 4)]).l0
+        2.0
+    """
+    n = 0
+    sum_x: Tensor | None = None
+    sum_sq = 0.0
+    err_sq = 0.0
+    active_total = 0.0
+    fire = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    for batch in batches:
+        x = batch.reshape(-1, batch.shape[-1]).to(sae.device)
+        if max_tokens is not None:
+            x = x[: max(0, max_tokens - n)]
+        if x.shape[0] == 0:
+            break
+        out = sae(x)
+        xf = x.double()
+        sum_x = xf.sum(0) if sum_x is None else sum_x + xf.sum(0)
+        sum_sq += float(xf.pow(2).sum())
+        err_sq += float((xf - out.x_hat.double()).pow(2).sum())
+        on = out.latents != 0
+        active_total += float(on.sum())
+        fire += on.sum(0).double().cpu()
+        n += x.shape[0]
+        if max_tokens is not None and n >= max_tokens:
+            break
+    if n == 0 or sum_x is None:
+        from ..errors import EmptyDatasetError
+
+        raise EmptyDatasetError("no activations to evaluate the SAE on", fix="pass a non-empty activations directory or iterator")
+    total_var = sum_sq - float(sum_x.pow(2).sum()) / n
+    freqs = fire / n
+    return SaeMetrics(
+        n_tokens=n,
+        mse=err_sq / (n * sae.cfg.d_in),
+        fvu=err_sq / total_var if total_var > 0 else math.nan,
+        l0=active_total / n,
+        dead_fraction=float(dead_fraction(freqs)),
+        dense_fraction=float(dense_fraction(freqs, dense_threshold)),
+    )
+
+
+# --------------------------------------------------------------------------- spliced into the model
+@dataclass(frozen=True)
+class SplicedMetrics:
+    """Next-token metrics with the SAE spliced in at its hook point.
+
+    ``ce_recovered = (ce_zero_ablation - ce_spliced) / (ce_zero_ablation - ce_clean)``: 1 means the
+    SAE loses nothing, 0 means it is as bad as zeroing the activation.
+    """
+
+    n_tokens: int
+    ce_clean: float
+    ce_spliced: float
+    ce_spliced_with_error: float
+    ce_zero_ablation: float
+    ce_recovered: float
+    kl_spliced: float
+    kl_spliced_with_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON output."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _ZeroAblation:
+    """Replace the activation at ``point`` by zeros (the floor of CE loss recovered)."""
+
+    point: Any
+
+    @property
+    def points(self) -> tuple[Any, ...]:
+        return (self.point,)
+
+    def validate(self, lm: LoadedModel) -> None:
+        self.point.validate(lm)
+
+    def __call__(self, x: Tensor, call: Any) -> Tensor:
+        return torch.zeros_like(x)
+
+
+def _next_token_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(per-position CE, log-probs, valid mask) for next-token prediction."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = input_ids[:, 1:]
+    valid = (mask[:, 1:] & mask[:, :-1]).bool()
+    ce = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return ce, logp, valid
+
+
+@torch.no_grad()
+def spliced_metrics(
+    lm: LoadedModel, sae: Sae, batches: Iterable[Mapping[str, Tensor]], point: Any | None = None
+) -> SplicedMetrics:
+    """CE loss recovered and KL to the clean model with ``sae`` spliced in, with and without the error term.
+
+    Args:
+        lm: the model.
+        sae: the SAE (its ``cfg.point`` is used when ``point`` is None).
+        batches: tokenized inputs, each a dict with ``input_ids`` and ``attention_mask``.
+        point: hook point (string or :class:`~refusal_steer.hooks.HookPoint`).
+
+    Returns:
+        Token-weighted means over all non-padding next-token positions.
+    """
+    from ..errors import ConfigError, EmptyDatasetError
+    from ..hooks import HookPoint, apply
+    from ..interventions.sae_splice import SaeSplice
+
+    where = point if point is not None else sae.cfg.point
+    if where is None:
+        raise ConfigError("the SAE records no hook point", fix="pass point='resid_pre.L' (or --point)")
+    hp = HookPoint.parse(where)
+    splice = SaeSplice(sae, hp, keep_error=False)
+    splice_err = SaeSplice(sae, hp, keep_error=True)
+    zero = _ZeroAblation(hp)
+    sums = dict(clean=0.0, spliced=0.0, err=0.0, zero=0.0, kl=0.0, kl_err=0.0)
+    n = 0
+    device = next(lm.model.parameters()).device
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
+        inputs["attention_mask"] = mask
+        ids = inputs["input_ids"]
+        ce0, logp0, valid = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
+        results = {}
+        for name, iv in (("spliced", splice), ("err", splice_err), ("zero", zero)):
+            with apply(lm, [iv]):
+                results[name] = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
+        p0 = logp0.exp()
+        sums["clean"] += float(ce0[valid].sum())
+        for name in ("spliced", "err", "zero"):
+            sums[name] += float(results[name][0][valid].sum())
+        sums["kl"] += float((p0 * (logp0 - results["spliced"][1])).sum(-1)[valid].sum())
+        sums["kl_err"] += float((p0 * (logp0 - results["err"][1])).sum(-1)[valid].sum())
+        n += int(valid.sum())
+    if n == 0:
+        raise EmptyDatasetError("no next-token positions to evaluate", fix="pass non-empty texts")
+    m = {k: v / n for k, v in sums.items()}
+    denom = m["zero"] - m["clean"]
+    return SplicedMetrics(
+        n_tokens=n,
+        ce_clean=m["clean"],
+        ce_spliced=m["spliced"],
+        ce_spliced_with_error=m["err"],
+        ce_zero_ablation=m["zero"],
+        ce_recovered=(m["zero"] - m["spliced"]) / denom if abs(denom) > 1e-12 else math.nan,
+        kl_spliced=m["kl"],
+        kl_spliced_with_error=m["kl_err"],
+    )
+
+
+__all__ = [
+    "mse",
+    "fvu",
+    "l0",
+    "firing_frequencies",
+    "dead_fraction",
+    "dense_fraction",
+    "SaeMetrics",
+    "evaluate_sae",
+    "SplicedMetrics",
+    "spliced_metrics",
+]

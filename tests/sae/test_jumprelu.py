@@ -1,0 +1,47 @@
+"""JumpReLU: hand-computed forward, straight-through gradients, float32 thresholds."""
+
+from __future__ import annotations
+
+import torch
+
+from refusal_steer.sae import build_sae
+
+from .conftest import build_cfg
+
+
+def test_forward_by_hand() -> None:
+    sae = build_sae(build_cfg("jumprelu", normalize="none", apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.threshold.fill_(0.5)
+    x = torch.randn(8, 16)
+    pre = x @ sae.W_enc.detach() + sae.b_enc.detach()
+    expected = torch.where(pre > 0.5, pre, torch.zeros_like(pre))
+    assert torch.allclose(sae.encode(x), expected)
+
+
+def test_threshold_gets_straight_through_gradient() -> None:
+    sae = build_sae(build_cfg("jumprelu", bandwidth=0.5, init_threshold=0.3))
+    x = torch.randn(256, 16)
+    out = sae.training_step(x)
+    out.loss.backward()
+    assert sae.threshold.grad is not None and sae.threshold.grad.abs().sum() > 0
+
+
+def test_threshold_stays_float32_in_bfloat16() -> None:
+    sae = build_sae(build_cfg("jumprelu", dtype="bfloat16"))
+    assert sae.W_enc.dtype == torch.bfloat16 and sae.threshold.dtype == torch.float32
+    z = sae.encode(torch.randn(4, 16))
+    assert z.dtype == torch.bfloat16
+
+
+def test_batchtopk_threshold_estimated_and_used_at_inference() -> None:
+    from refusal_steer.sae import TrainConfig, train_sae
+
+    from .conftest import synthetic
+
+    sae = build_sae(build_cfg("batchtopk", k=4))
+    assert float(sae.threshold) < 0  # not estimated yet: inference is a plain ReLU
+    train_sae(sae, [synthetic(4096)] * 2, TrainConfig(tokens=2 * 4096, batch_size=256, lr=5e-3, progress=False))
+    assert float(sae.threshold) > 0
+    l0 = float((sae.encode(synthetic(1024, seed=4)) != 0).sum(-1).float().mean())
+    assert 2 <= l0 <= 8  # close to k on average, varying per token
