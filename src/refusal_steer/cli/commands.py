@@ -6,4 +6,7 @@ from __future__ import annotations
 from . import models_cmd  # noqa: F401
 from . import data_cmd  # noqa: F401
 from . import sae_cmd  # noqa: F401
+from . import eval_cmd  # noqa: F401
 from . import gen_cmd  # noqa: F401
+from . import direction_cmd  # noqa: F401
+from . import demo_cmd  # noqa: F401

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..hooks import Intervention, apply, prompt_boundary
-from ..models import LoadedModel, format_chat
+from ..hooks import Intervention
+from ..models import LoadedModel
+from ..scoring import next_token_logprobs
 
 _EPS = 1e-8
 
@@ -32,25 +33,7 @@ def last_token_logprobs(
     system: str | None = None,
 ) -> Tensor:
     """Log-probabilities ``(n, vocab)`` of the first generated token after each chat-formatted prompt."""
-    tokenizer = lm.tokenizer
-    tokenizer.padding_side = "left"
-    texts = [format_chat(tokenizer, p, system=system) for p in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: Tensor | None = None
-    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(lm.model) else {}
-    with torch.no_grad(), apply(lm, list(interventions)):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            inputs = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-            with prompt_boundary(lm, inputs["input_ids"].shape[1]):
-                logits = lm.model(**inputs, use_cache=False, **extra).logits[:, -1, :]
-            # float32 at least; float64 models keep float64 (finite-difference checks need it).
-            logprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1).cpu()
-            if out is None:
-                out = torch.empty(len(texts), logprobs.shape[1], dtype=logprobs.dtype)
-            out[idx] = logprobs
-    assert out is not None
-    return out
+    return next_token_logprobs(lm, prompts, interventions, batch_size=batch_size, system=system)
 
 
 def refusal_log_odds(logprobs: Tensor, refusal_token_ids: Sequence[int]) -> Tensor:

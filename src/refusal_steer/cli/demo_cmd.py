@@ -1,0 +1,28 @@
+"""``refusal-steer demo``: the top-down refusal pipeline end to end on the default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._common import console
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (a rerun resumes finished stages)."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller run: 64/16 fitting prompts, 32 test prompts per class."),
+    model: str = typer.Option("default", "--model", "-m", help="Model to run on."),
+    n_eval: int = typer.Option(None, help="Held-out test prompts per class (default 100, quick 32)."),
+) -> None:
+    """Find the refusal direction of the default model, then compare baseline, ablation and activation addition on held-out prompts."""
+    from ..demo import DemoConfig, run_demo
+
+    overrides = {"model": model, **({"n_eval": n_eval} if n_eval else {})}
+    config = DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
+    if quick and out == Path("runs/demo"):
+        out = Path("runs/demo-quick")
+    report = run_demo(out, config)
+    console.print(f"[bold green]done.[/] report: {report} (also {report.with_suffix('.html')}); numbers: {report.parent / 'metrics.json'}")

@@ -1,0 +1,94 @@
+"""``refusal-steer direction`` and ``refusal-steer orthogonalize``: the top-down refusal direction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._common import console, print_json
+
+
+def _parse_ids(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    from ..errors import ConfigError
+
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--refusal-tokens {text!r} is not a comma-separated list of token ids") from None
+
+
+@app.command("direction")
+def direction(
+    model: str = typer.Option("default", "--model", "-m", help="'default', a local dir, a .gguf file or a hub id."),
+    harmful: str = typer.Option("advbench", help="Harmful instructions dataset (train split fits, val split selects)."),
+    harmless: str = typer.Option("harmless", help="Harmless instructions dataset."),
+    n_train: int = typer.Option(128, help="Prompts per class for difference-in-means."),
+    n_val: int = typer.Option(32, help="Prompts per class for selection."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumes if it holds finished stages)."),
+    seed: int = typer.Option(0, help="Seed of the splits and samples."),
+    batch_size: int = typer.Option(16, help="Prompts per forward pass."),
+    kl_threshold: float = typer.Option(0.1, help="Discard candidates whose ablation has harmless KL >= this."),
+    induce_threshold: float = typer.Option(0.0, help="Discard candidates whose addition gives harmless log-odds <= this."),
+    max_layer_fraction: float = typer.Option(0.8, help="Only consider layers below this fraction of the depth."),
+    screen_top_k: int = typer.Option(16, help="Exactly score only the k best first-order estimates; 0 = all."),
+    full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
+    refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
+    judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
+    dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the selection summary as JSON."),
+) -> None:
+    """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors."""
+    from ..directions.pipeline import DirectionConfig, find_direction
+    from ..directions.selection import SelectionConfig
+    from ..models import load_model
+
+    config = DirectionConfig(
+        harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, seed=seed, batch_size=batch_size, judge=judge,
+        refusal_token_ids=_parse_ids(refusal_tokens),
+        selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
+                                  screen_top_k=screen_top_k, full_table=full_table, batch_size=batch_size),
+    )
+    lm = load_model(model, dtype=dtype)
+    result = find_direction(lm, config, out)
+    chosen = result.selection["chosen"]
+    summary = {
+        "direction": str(result.direction_path),
+        "point": result.selection["point"],
+        "position": result.selection["position"],
+        "bypass_score": chosen["bypass"],
+        "induce_score": chosen["induce"],
+        "kl": chosen["kl"],
+        "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
+        "refusal_tokens": result.refusal_tokens["tokens"],
+        "selection": str(out / "selection.json"),
+        "heatmap": str(out / "selection_heatmap.png"),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"[bold]refusal direction[/] at {summary['point']} (position {summary['position']})")
+    console.print(f"  bypass score {chosen['bypass']:.2f} (baseline {summary['baseline_refusal_score_harmful']:.2f}), "
+                  f"induce {chosen['induce']:.2f}, KL {chosen['kl']:.3f}")
+    console.print(f"  refusal tokens {summary['refusal_tokens']}")
+    console.print(f"  wrote {summary['direction']}, {summary['selection']}, {summary['heatmap']}")
+
+
+@app.command("orthogonalize")
+def orthogonalize(
+    model: str = typer.Option("default", "--model", "-m", help="Model to edit."),
+    direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder with direction.safetensors (from 'direction')."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face model folder."),
+) -> None:
+    """Bake directional ablation into the weights and write a standard Hugging Face model folder."""
+    from ..directions.io import load_direction
+    from ..directions.orthogonalize import export_orthogonalized
+    from ..models import load_model
+
+    saved = load_direction(direction_dir)
+    lm = load_model(model)
+    path = export_orthogonalized(lm, saved.direction, out, metadata={"direction": str(direction_dir), **saved.metadata})
+    console.print(f"wrote orthogonalised model to {path} (load it with transformers' from_pretrained)")

@@ -1,0 +1,152 @@
+"""``refusal-steer demo``: the top-down refusal pipeline end to end on the default model.
+
+1. find and select the refusal direction on train/val splits (:mod:`refusal_steer.directions`);
+2. generate on held-out *test* prompts (harmful and harmless) under three conditions: baseline,
+   directional ablation at every layer, and activation addition at the direction's layer;
+3. judge refusals, measure harmless KL under ablation, and write ``metrics.json``, completions,
+   plots and a readable ``report.md`` with side-by-side examples.
+
+Every stage is stamped, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import load_dataset
+from .directions.io import load_direction
+from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
+from .directions.selection import SelectionConfig
+from .evaluation.kl import evaluate_kl
+from .evaluation.refusal import evaluate_refusal
+from .hooks import Intervention
+from .interventions import Add, all_layers_ablation
+from .models import LoadedModel, load_model
+from .report.demo_report import write_demo_report
+from .runs import RunDir, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo; ``quick()`` gives the smaller preset."""
+
+    model: str = "default"
+    harmful: str = "advbench"
+    harmless: str = "harmless"
+    n_train: int = 128
+    n_val: int = 32
+    n_eval: int = 100
+    """Held-out test prompts per class for each condition."""
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    seed: int = 0
+    judge: str = "substring"
+    screen_top_k: int = 16
+    actadd_coef: float = 1.0
+    refusal_token_ids: tuple[int, ...] | None = None
+    """Skip refusal-token discovery and use these ids."""
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        return cls(**{"n_train": 64, "n_val": 16, "n_eval": 32, "max_new_tokens": 24, "screen_top_k": 8, **overrides})
+
+
+@dataclass
+class Condition:
+    """One steering condition evaluated on a prompt set."""
+
+    name: str
+    dataset: str
+    interventions: Sequence[Intervention] = field(default_factory=tuple)
+
+
+def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
+    saved = load_direction(direction_dir)
+    ablate = [all_layers_ablation(saved.direction, lm)]
+    actadd = [Add(saved.direction, saved.point, coef=config.actadd_coef)]
+    return [
+        Condition("baseline", "harmful"),
+        Condition("ablation", "harmful", ablate),
+        Condition("actadd", "harmful", actadd),
+        Condition("baseline", "harmless"),
+        Condition("ablation", "harmless", ablate),
+        Condition("actadd", "harmless", actadd),
+    ]
+
+
+def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
+    """Run (or resume) the demo; return the path of ``report.md``."""
+    started = time.time()
+    run = RunDir(Path(out_dir))
+    lm = load_model(config.model)
+    direction_config = DirectionConfig(
+        harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, n_val=config.n_val, seed=config.seed,
+        batch_size=config.batch_size, judge=config.judge, refusal_token_ids=config.refusal_token_ids,
+        selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size),
+    )
+    direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
+
+    prompts = {
+        "harmful": [r.prompt for r in load_dataset(config.harmful, split="test", limit=config.n_eval, seed=config.seed)],
+        "harmless": [r.prompt for r in load_dataset(config.harmless, split="test", limit=config.n_eval, seed=config.seed)],
+    }
+    fitted = json.loads(run.file("direction/prompts.json").read_text())
+    overlap = set(prompts["harmful"] + prompts["harmless"]) & {p for ps in fitted.values() for p in ps}
+    if overlap:  # splits are content-hashed, so this cannot happen; checked anyway and reported.
+        raise RuntimeError(f"{len(overlap)} evaluation prompts were used to fit the direction")
+
+    results: dict[str, Any] = {}
+    base_key = {"config": asdict(config), "model_sha256": lm.source_sha256, "direction": direction.selection["point"],
+                "position": direction.selection["position"]}
+    for condition in _conditions(lm, run.file("direction"), config):
+        name = f"{condition.name}_{condition.dataset}"
+        outputs = [f"completions/{name}.jsonl", f"results/{name}.json"]
+        key = {**base_key, "condition": name}
+        if not run.is_done(name, key, outputs):
+            t0 = time.time()
+            result = evaluate_refusal(lm, prompts[condition.dataset], condition.interventions, judge=config.judge,
+                                      max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, progress=progress)
+            path = run.file(f"completions/{name}.jsonl")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(row) + "\n" for row in result.records()))
+            write_json(run.file(f"results/{name}.json"), {
+                "condition": condition.name, "dataset": condition.dataset, "source": getattr(config, condition.dataset),
+                "split": "test", "refusal_rate": result.rate.value, "ci95": list(result.ci95), "n": result.n, "k": result.rate.k,
+                "ci_method": result.rate.method, "judge": f"{result.judge}@{result.judge_version}",
+                "completions": f"completions/{name}.jsonl", "seconds": round(time.time() - t0, 1),
+            })
+            run.mark_done(name, key, time.time() - t0)
+        results[name] = json.loads(run.file(f"results/{name}.json").read_text())
+
+    kl_key = {**base_key, "stage": "kl"}
+    if not run.is_done("kl", kl_key, ["results/kl_ablation_harmless.json"]):
+        ablate = _conditions(lm, run.file("direction"), config)[1].interventions
+        kl = evaluate_kl(lm, prompts["harmless"], ablate, batch_size=config.batch_size)
+        write_json(run.file("results/kl_ablation_harmless.json"), {
+            "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
+            "dataset": config.harmless, "split": "test",
+        })
+        run.mark_done("kl", kl_key)
+    results["kl_ablation_harmless"] = json.loads(run.file("results/kl_ablation_harmless.json").read_text())
+
+    metrics = {
+        "model": lm.spec,
+        "model_sha256": lm.source_sha256,
+        "direction": {k: direction.selection[k] for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
+                                                          "baseline_refusal_score_harmless", "screen_rank_correlation")},
+        "refusal_tokens": direction.refusal_tokens.get("tokens"),
+        "config": asdict(config),
+        "results": results,
+        "seconds_this_invocation": round(time.time() - started, 1),
+    }
+    write_json(run.file("metrics.json"), metrics)
+    run.write_manifest(stage="demo", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))
+    return write_demo_report(run.path, metrics)

@@ -1,0 +1,154 @@
+"""The top-down pipeline: fit candidates on train splits, find refusal tokens, select on val splits, save.
+
+Each stage writes its artifacts into the output folder and a stamp keyed by its inputs, so an
+interrupted run resumes from the last finished stage (see :mod:`refusal_steer.runs`). Artifacts:
+
+- ``prompts.json``: the exact train/val prompts used (audit: test prompts are never among them);
+- ``candidates.safetensors``: difference-in-means at every layer and post-instruction position;
+- ``refusal_tokens.json``: the model's own refusal tokens and the evidence for them;
+- ``selection.json`` + ``selection_heatmap.png``: the full score table and the choice;
+- ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` / ``actadd:DIR`` read).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..models import LoadedModel
+from ..report.plots import plot_selection_heatmap
+from ..runs import RunDir, write_json
+from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
+from .io import DIRECTION_FILENAME, save_direction
+from .refusal_tokens import find_refusal_tokens
+from .selection import SelectionConfig, select_direction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    """What to fit the refusal direction on, and how to select it."""
+
+    harmful: str = "advbench"
+    """Dataset of harmful instructions (train split fits, val split selects)."""
+    harmless: str = "harmless"
+    """Dataset of harmless instructions."""
+    n_train: int = 128
+    """Prompts per class for difference-in-means (Arditi et al. use 128)."""
+    n_val: int = 32
+    """Prompts per class for selection (Arditi et al. use 32)."""
+    n_token_probe: int = 32
+    """Prompts per class whose greedy completions reveal the model's refusal tokens."""
+    seed: int = 0
+    """Seed of the deterministic splits and samples."""
+    batch_size: int = 16
+    judge: str = "substring"
+    """Judge used to find refusal tokens."""
+    system: str | None = None
+    """System prompt (None keeps the chat template's default)."""
+    refusal_token_ids: tuple[int, ...] | None = None
+    """Skip discovery and use these refusal token ids."""
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_token_probe", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+
+
+@dataclass
+class DirectionResult:
+    """Where everything was written, plus the selection summary."""
+
+    out_dir: Path
+    selection: dict
+    refusal_tokens: dict
+
+    @property
+    def direction_path(self) -> Path:
+        return self.out_dir / DIRECTION_FILENAME
+
+
+def _prompts(name: str, split: str, n: int, seed: int) -> list[str]:
+    return [record.prompt for record in load_dataset(name, split=split, limit=n, seed=seed)]
+
+
+def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path, *, progress: bool = True) -> DirectionResult:
+    """Run difference-in-means, refusal-token discovery and selection; resume finished stages.
+
+    Example:
+        >>> result = find_direction(load_model("default"), DirectionConfig(), "runs/direction")  # doctest: +SKIP
+        >>> result.selection["point"]  # doctest: +SKIP
+    """
+    run = RunDir(Path(out_dir))
+    model_key = {"model": lm.spec, "sha256": lm.source_sha256}
+    data_key = {**model_key, "harmful": config.harmful, "harmless": config.harmless, "n_train": config.n_train,
+                "n_val": config.n_val, "seed": config.seed}
+    prompts_file = run.file("prompts.json")
+    if run.is_done("prompts", data_key, ["prompts.json"]):
+        prompts = json.loads(prompts_file.read_text())
+    else:
+        prompts = {
+            "harmful_train": _prompts(config.harmful, "train", config.n_train, config.seed),
+            "harmless_train": _prompts(config.harmless, "train", config.n_train, config.seed),
+            "harmful_val": _prompts(config.harmful, "val", config.n_val, config.seed),
+            "harmless_val": _prompts(config.harmless, "val", config.n_val, config.seed),
+        }
+        write_json(prompts_file, prompts)
+        run.mark_done("prompts", data_key)
+
+    candidates_key = {**data_key, "system": config.system}
+    if run.is_done("candidates", candidates_key, [CANDIDATES_FILENAME]):
+        diffs = MeanDiffs.load(run.file(CANDIDATES_FILENAME))
+    else:
+        started = time.time()
+        diffs = difference_in_means(lm, prompts["harmful_train"], prompts["harmless_train"],
+                                    batch_size=config.batch_size, system=config.system, progress=progress)
+        diffs.save(run.file(CANDIDATES_FILENAME))
+        run.mark_done("candidates", candidates_key, time.time() - started)
+
+    tokens_key = {**candidates_key, "judge": config.judge, "n_token_probe": config.n_token_probe,
+                  "explicit": config.refusal_token_ids}
+    tokens_file = run.file("refusal_tokens.json")
+    if run.is_done("refusal_tokens", tokens_key, ["refusal_tokens.json"]):
+        refusal_tokens = json.loads(tokens_file.read_text())
+    else:
+        if config.refusal_token_ids:
+            ids = list(config.refusal_token_ids)
+            refusal_tokens = {"token_ids": ids, "tokens": [lm.tokenizer.decode([t]) for t in ids], "source": "given"}
+        else:
+            found = find_refusal_tokens(
+                lm, prompts["harmful_train"][: config.n_token_probe], prompts["harmless_train"][: config.n_token_probe],
+                judge=config.judge, batch_size=config.batch_size, progress=progress,
+            )
+            refusal_tokens = {**found.to_json(), "source": "discovered"}
+        write_json(tokens_file, refusal_tokens)
+        run.mark_done("refusal_tokens", tokens_key)
+
+    selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"]}
+    outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME]
+    if run.is_done("selection", selection_key, outputs):
+        selection_json = json.loads(run.file("selection.json").read_text())
+    else:
+        started = time.time()
+        selection = select_direction(lm, diffs, prompts["harmful_val"], prompts["harmless_val"], refusal_tokens["token_ids"],
+                                     config.selection, system=config.system, progress=progress)
+        selection_json = selection.to_json()
+        selection_json["seconds"] = round(time.time() - started, 1)
+        write_json(run.file("selection.json"), selection_json)
+        plot_selection_heatmap(selection_json, run.file("selection_heatmap.png"))
+        save_direction(
+            run.path, selection.direction, selection.point,
+            position=selection.position, model=lm.spec, model_sha256=lm.source_sha256 or "",
+            harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, seed=config.seed,
+            created_by="refusal-steer direction",
+        )
+        run.mark_done("selection", selection_key, time.time() - started)
+    run.write_manifest(stage="direction", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))
+    return DirectionResult(out_dir=run.path, selection=selection_json, refusal_tokens=refusal_tokens)

@@ -1,0 +1,130 @@
+"""The demo's readable report: a rates table with n and CIs, plots, and side-by-side completions."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from .plots import plot_rates
+
+_CONDITION_LABELS = {"baseline": "baseline", "ablation": "ablate direction (all layers)", "actadd": "add direction"}
+_COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "actadd": "tab:blue"}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for dataset in ("harmful", "harmless"):
+        for condition in ("baseline", "ablation", "actadd"):
+            name = f"{condition}_{dataset}"
+            if name in results:
+                r = results[name]
+                rows.append({"name": name, "dataset": dataset, "condition": condition, "value": r["refusal_rate"],
+                             "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"], "k": r.get("k"), "judge": r["judge"],
+                             "label": f"{condition}\n{dataset}", "color": _COLORS[condition]})
+    return rows
+
+
+def _load_completions(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = run_dir / "completions" / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _examples(run_dir: Path, dataset: str, other: str, n: int = 4) -> list[dict[str, Any]]:
+    """Prompts where the judge's verdict flips between baseline and ``other``, then any others."""
+    base = _load_completions(run_dir, f"baseline_{dataset}")
+    steered = _load_completions(run_dir, f"{other}_{dataset}")
+    pairs = list(zip(base, steered))
+    flipped = [p for p in pairs if p[0]["refused"] != p[1]["refused"]]
+    chosen = (flipped + [p for p in pairs if p not in flipped])[:n]
+    return [{"prompt": b["prompt"] if isinstance(b["prompt"], str) else json.dumps(b["prompt"]),
+             "baseline": b["text"], "baseline_refused": b["refused"], "steered": s["text"], "steered_refused": s["refused"]}
+            for b, s in chosen]
+
+
+def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
+    """Write ``report.md``, ``report.html`` and ``refusal_rates.png`` into ``run_dir``; return the Markdown path."""
+    rows = _rows(metrics["results"])
+    plot_rates(rows, run_dir / "refusal_rates.png", title=f"refusal rate on held-out prompts ({metrics['model']})")
+    direction = metrics["direction"]
+    chosen = direction["chosen"]
+    kl = metrics["results"].get("kl_ablation_harmless")
+    judge = rows[0]["judge"] if rows else "?"
+    lines = [
+        f"# refusal-steer demo: {metrics['model']}",
+        "",
+        f"Model sha256 `{metrics['model_sha256']}`. Judge: `{judge}`. Rates are k/n with 95% Wilson intervals; "
+        "prompts are held-out *test* splits, disjoint from the prompts that fitted and selected the direction.",
+        "",
+        "## Refusal direction",
+        "",
+        f"Selected `{direction['point']}` at post-instruction position {direction['position']} "
+        f"(bypass score {chosen['bypass']:.2f} vs baseline {direction['baseline_refusal_score_harmful']:.2f}; "
+        f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}). Refusal tokens: {metrics.get('refusal_tokens')}.",
+        "",
+        "![selection heatmap](direction/selection_heatmap.png)",
+        "",
+        "## Refusal rates",
+        "",
+        "| prompts | condition | refusal rate | 95% CI | k/n |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {_CONDITION_LABELS[r['condition']]} | {_pct(r['value'])} | "
+                     f"[{_pct(r['lo'])}, {_pct(r['hi'])}] | {r['k']}/{r['n']} |")
+    if kl:
+        lines += ["", f"KL divergence of the next-token distribution on harmless prompts under ablation: "
+                      f"**{kl['kl']:.4f}** nats (95% CI [{kl['ci95'][0]:.4f}, {kl['ci95'][1]:.4f}], n={kl['n']})."]
+    lines += ["", "![refusal rates](refusal_rates.png)", ""]
+    sections = [("harmful", "ablation", "Harmful prompts: baseline vs ablation"),
+                ("harmless", "actadd", "Harmless prompts: baseline vs activation addition")]
+    for dataset, other, title in sections:
+        lines += [f"## {title}", ""]
+        for ex in _examples(run_dir, dataset, other):
+            lines += [f"**Prompt:** {ex['prompt']}", "",
+                      f"- baseline ({'refused' if ex['baseline_refused'] else 'answered'}): {ex['baseline'].strip()!r}",
+                      f"- {other} ({'refused' if ex['steered_refused'] else 'answered'}): {ex['steered'].strip()!r}", ""]
+    lines += ["## Files", "", "- `metrics.json`: every number above", "- `completions/*.jsonl`: every completion with its verdict",
+              "- `direction/`: the direction, its candidates, selection table and heatmap", "- `manifest.json`: versions, hashes, config", ""]
+    markdown = "\n".join(lines)
+    md_path = run_dir / "report.md"
+    md_path.write_text(markdown)
+    (run_dir / "report.html").write_text(_to_html(markdown, metrics["model"]))
+    return md_path
+
+
+def _to_html(markdown: str, title: str) -> str:
+    """A minimal, dependency-free rendering of the report's Markdown subset (headings, tables, images, lists)."""
+    out, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            out.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            alt, src = line[2:].split("](")
+            out.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}" style="max-width:100%">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            text = html.escape(line).replace("**", "")
+            out.append(f"<p>{text}</p>")
+    if in_table:
+        out.append("</table>")
+    style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:4px 8px}table{border-collapse:collapse}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(out)}</body></html>"

@@ -1,0 +1,81 @@
+"""Plots people would rather look at than read: the direction-selection heatmaps, rate bar charts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _grid(table: Sequence[dict], positions: Sequence[int], n_layers: int, key: str) -> np.ndarray:
+    grid = np.full((len(positions), n_layers), np.nan)
+    for row in table:
+        value = row.get(key)
+        if value is not None and math.isfinite(value):
+            grid[positions.index(row["position"]), row["layer"]] = value
+    return grid
+
+
+def plot_selection_heatmap(selection: dict, path: Path, *, title: str = "") -> Path:
+    """Layer x position heatmaps of the screening estimate, exact bypass, induce and KL scores.
+
+    ``selection`` is :meth:`Selection.to_json`'s dict; the chosen candidate is marked with a star.
+    Blank cells were not computed (filtered by layer, or not needed to decide the winner).
+    """
+    table = selection["table"]
+    positions = sorted({row["position"] for row in table})
+    n_layers = max(row["layer"] for row in table) + 1
+    panels = [
+        ("estimated_bypass", "bypass score, first-order estimate", "RdBu_r"),
+        ("bypass", "bypass score (refusal log-odds, ablated; lower = less refusal)", "RdBu_r"),
+        ("induce", "induce score (log-odds, added, harmless)", "RdBu_r"),
+        ("kl", "KL on harmless under ablation (nats)", "viridis"),
+    ]
+    panels = [p for p in panels if not np.isnan(_grid(table, positions, n_layers, p[0])).all()]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, n_layers * 0.45), 1.6 + 1.3 * len(panels) * max(1, len(positions) / 4)), squeeze=False)
+    chosen = (positions.index(selection["position"]), selection["layer"])
+    for ax, (key, label, cmap) in zip(axes[:, 0], panels):
+        grid = _grid(table, positions, n_layers, key)
+        if cmap == "RdBu_r":
+            center = selection.get("baseline_refusal_score_harmful", 0.0) if "bypass" in key else 0.0
+            span = np.nanmax(np.abs(grid - center)) if not np.isnan(grid).all() else 1.0
+            image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=center - span, vmax=center + span)
+        else:
+            image = ax.imshow(grid, aspect="auto", cmap=cmap)
+        ax.plot(chosen[1], chosen[0], marker="*", color="gold", markersize=14, markeredgecolor="black")
+        ax.set_yticks(range(len(positions)), [str(p) for p in positions])
+        ax.set_ylabel("position")
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+    axes[-1, 0].set_xlabel("layer (resid_pre)")
+    fig.suptitle(title or f"refusal direction selection: chosen resid_pre.{selection['layer']} at position {selection['position']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rates(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
+    """Bar chart of rates with 95% CI error bars; each row has ``label``, ``value``, ``lo``, ``hi``, ``n``."""
+    fig, ax = plt.subplots(figsize=(max(5, len(rows) * 1.1), 3.2))
+    values = [r["value"] * 100 for r in rows]
+    lower = [(r["value"] - r["lo"]) * 100 for r in rows]
+    upper = [(r["hi"] - r["value"]) * 100 for r in rows]
+    colors = [r.get("color", "tab:blue") for r in rows]
+    ax.bar(range(len(rows)), values, yerr=[lower, upper], capsize=4, color=colors)
+    ax.set_xticks(range(len(rows)), [f"{r['label']}\n(n={r['n']})" for r in rows], fontsize=8)
+    ax.set_ylabel("refusal rate (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,84 @@
+"""The direction pipeline and the demo on a tiny model: artifacts, resume, no train/test overlap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from refusal_steer.directions import pipeline as pipeline_module
+from refusal_steer.directions.io import load_direction
+from refusal_steer.directions.pipeline import DirectionConfig, find_direction
+from refusal_steer.directions.selection import SelectionConfig
+
+LOOSE = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=8)
+
+
+@pytest.fixture()
+def prompt_files(tmp_path):
+    harmful = tmp_path / "harmful.jsonl"
+    harmless = tmp_path / "harmless.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"Tell me how to do harmful thing number {i}."}) + "\n" for i in range(40)))
+    harmless.write_text("".join(json.dumps({"prompt": f"Write a short poem about item {i}."}) + "\n" for i in range(40)))
+    return f"jsonl:{harmful}", f"jsonl:{harmless}"
+
+
+def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files, tmp_path, monkeypatch):
+    lm = make_tiny_lm("qwen2")
+    config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4,
+                             refusal_token_ids=(5, 17), selection=LOOSE)
+    out = tmp_path / "direction"
+    result = find_direction(lm, config, out, progress=False)
+    for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json",
+                 "selection_heatmap.png", "direction.safetensors", "manifest.json"):
+        assert (out / name).is_file(), name
+    saved = load_direction(out)
+    assert str(saved.point) == result.selection["point"]
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert not set(prompts["harmful_train"]) & set(prompts["harmful_val"])
+
+    def boom(*args, **kwargs):
+        raise AssertionError("finished stage ran again")
+
+    monkeypatch.setattr(pipeline_module, "difference_in_means", boom)
+    monkeypatch.setattr(pipeline_module, "select_direction", boom)
+    again = find_direction(lm, config, out, progress=False)
+    assert again.selection == result.selection
+
+
+def test_changed_inputs_rerun_the_stage(make_tiny_lm, prompt_files, tmp_path):
+    lm = make_tiny_lm("qwen2")
+    base = dict(harmful=prompt_files[0], harmless=prompt_files[1], n_val=4, refusal_token_ids=(5,), selection=LOOSE)
+    find_direction(lm, DirectionConfig(n_train=6, **base), tmp_path, progress=False)
+    prompts_before = json.loads((tmp_path / "prompts.json").read_text())
+    find_direction(lm, DirectionConfig(n_train=8, **base), tmp_path, progress=False)
+    prompts_after = json.loads((tmp_path / "prompts.json").read_text())
+    assert len(prompts_before["harmful_train"]) == 6 and len(prompts_after["harmful_train"]) == 8
+
+
+def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
+    from refusal_steer.demo import DemoConfig, run_demo
+
+    lm = make_tiny_lm("llama")
+    model_dir = tmp_path / "model"
+    lm.model.save_pretrained(model_dir)
+    lm.tokenizer.save_pretrained(model_dir)
+    config = DemoConfig(model=str(model_dir), harmful=prompt_files[0], harmless=prompt_files[1], n_train=6, n_val=3, n_eval=4,
+                        max_new_tokens=3, batch_size=4, screen_top_k=2, refusal_token_ids=(5, 17))
+    # The real filters would reject every candidate of a random model; relax them through the config path.
+    import refusal_steer.demo as demo_module
+
+    original = demo_module.SelectionConfig
+    demo_module.SelectionConfig = lambda **kw: SelectionConfig(**{**kw, "kl_threshold": 1e9, "induce_threshold": -1e9})
+    try:
+        report = run_demo(tmp_path / "run", config, progress=False)
+    finally:
+        demo_module.SelectionConfig = original
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for name in ("baseline_harmful", "ablation_harmful", "actadd_harmless"):
+        result = metrics["results"][name]
+        assert result["n"] == 4 and 0 <= result["ci95"][0] <= result["refusal_rate"] <= result["ci95"][1] <= 1
+    assert metrics["results"]["kl_ablation_harmless"]["n"] == 4
+    text = report.read_text()
+    assert "95% CI" in text and "selection heatmap" in text
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "refusal_rates.png").is_file()
