@@ -1,0 +1,104 @@
+"""Batched, left-padded forward passes over already-tokenised sequences (private to evaluation).
+
+:mod:`refusal_steer.scoring` scores chat-formatted prompts; multiple choice needs the assistant turn
+prefilled (``...<|im_start|>assistant\nAnswer:``), so it scores token lists it builds itself here.
+
+Left padding needs explicit ``position_ids`` in a plain forward (``model.generate`` derives them from
+the attention mask, a plain ``model(...)`` call does not), or padded rows would see shifted
+positions and their logits would depend on the batch they landed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..generation import left_pad, length_order, run_with_backoff
+from ..hooks import Intervention, apply
+from ..models.loaded import LoadedModel
+
+
+def forward_padded(lm: LoadedModel, token_lists: Sequence[Sequence[int]]) -> Tensor:
+    """Logits ``(batch, seq, vocab)`` of left-padded ``token_lists`` (float32), with correct positions."""
+    batch = left_pad(token_lists, lm.tokenizer.pad_token_id, lm.device)
+    mask = batch["attention_mask"]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids, use_cache=False)
+    return out.logits.float()
+
+
+def map_batches(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    fn: Callable[[list[int], Tensor], list[Any]],
+    *,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 8,
+    progress: Any = None,
+) -> list[Any]:
+    """Run length-sorted batches with ``interventions`` installed; ``fn(indices, logits)`` returns one item per row.
+
+    Results come back in input order. Batches halve on out-of-memory.
+    """
+    results: list[Any] = [None] * len(token_lists)
+    order = length_order([len(t) for t in token_lists])
+
+    def run_batch(indices: list[int]) -> list[Any]:
+        logits = forward_padded(lm, [token_lists[i] for i in indices])
+        return fn(indices, logits)
+
+    with apply(lm, interventions), torch.inference_mode():
+        for indices, items in run_with_backoff(order, batch_size, run_batch, what="forward batch", progress=progress):
+            for index, item in zip(indices, items):
+                results[index] = item
+    return results
+
+
+def last_logprobs(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    *,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 8,
+    progress: Any = None,
+) -> Tensor:
+    """Next-token log-probabilities at the last position of each sequence, shape ``(n, vocab)``, float32 CPU."""
+    rows = map_batches(
+        lm,
+        token_lists,
+        lambda _idx, logits: list(torch.log_softmax(logits[:, -1, :], dim=-1).cpu()),
+        interventions=interventions,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return torch.stack(rows) if rows else torch.empty(0, lm.vocab_size)
+
+
+def continuation_logprobs(
+    lm: LoadedModel,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    *,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 8,
+    progress: Any = None,
+) -> list[float]:
+    """Sum of log p(continuation tokens | context) for each (context, continuation) pair of token lists."""
+    sequences = [list(c) + list(k) for c, k in zip(contexts, continuations)]
+    lengths = [len(k) for k in continuations]
+
+    def score(indices: list[int], logits: Tensor) -> list[float]:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        out = []
+        for row, index in enumerate(indices):
+            n = lengths[index]
+            targets = torch.tensor(sequences[index][-n:], device=logits.device)
+            # Tokens at -n..-1 are predicted by the positions just before them.
+            predicted = logprobs[row, -n - 1:-1, :]
+            out.append(float(predicted.gather(-1, targets.unsqueeze(-1)).sum()))
+        return out
+
+    return map_batches(lm, sequences, score, interventions=interventions, batch_size=batch_size, progress=progress)

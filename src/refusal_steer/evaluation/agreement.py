@@ -1,0 +1,109 @@
+"""How well a judge agrees with human refusal labels (``refusal-labels``: PyRIT's 105 responses).
+
+``human_score`` 1 means refusal. PyRIT counts a response that ignores the request (answers another
+question, role-plays a "command not recognised" error) as a refusal too; a phrase-matching judge
+cannot see those, which caps the ``substring`` judge's recall on this set (see docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .judges import Judge, get_judge
+from .stats import Rate, rate_from_bools
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A judge's agreement with human labels; each figure is a :class:`Rate` with its Wilson 95% interval.
+
+    ``precision`` is over the judge's "refused" verdicts, ``recall`` over the human refusals.
+    """
+
+    judge: str
+    judge_version: str
+    dataset: str
+    accuracy: Rate
+    precision: Rate
+    recall: Rate
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    #: ids of the records the judge got wrong, as ``(id, human, judge)``.
+    errors: list[tuple[str, bool, bool]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "judge": self.judge,
+            "judge_version": self.judge_version,
+            "dataset": self.dataset,
+            "n": self.accuracy.n,
+            "accuracy": self.accuracy.to_dict(),
+            "precision": self.precision.to_dict(),
+            "recall": self.recall.to_dict(),
+            "confusion": {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn},
+            "errors": [{"id": i, "human_refusal": h, "judge_refusal": j} for i, h, j in self.errors],
+        }
+
+
+def agreement(
+    judge: str | Judge,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    labels: Sequence[bool],
+    *,
+    ids: Sequence[str] | None = None,
+    dataset: str = "<given>",
+) -> Agreement:
+    """Compare ``judge`` verdicts with human ``labels`` (True = refusal).
+
+    Example:
+        >>> a = agreement("substring", ["q", "q"], ["I cannot do that.", "Sure, here it is."], [True, False])
+        >>> a.accuracy.value, a.tp, a.tn
+        (1.0, 1, 1)
+    """
+    judge_obj = get_judge(judge)
+    verdicts = judge_obj(list(prompts), list(responses))
+    human = [bool(x) for x in labels]
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(human))]
+    tp = sum(h and v for h, v in zip(human, verdicts))
+    fp = sum(v and not h for h, v in zip(human, verdicts))
+    tn = sum(not h and not v for h, v in zip(human, verdicts))
+    fn = sum(h and not v for h, v in zip(human, verdicts))
+    return Agreement(
+        judge=judge_obj.name,
+        judge_version=judge_obj.version,
+        dataset=dataset,
+        accuracy=rate_from_bools([h == v for h, v in zip(human, verdicts)]),
+        precision=rate_from_bools([h for h, v in zip(human, verdicts) if v]),
+        recall=rate_from_bools([v for h, v in zip(human, verdicts) if h]),
+        tp=tp,
+        fp=fp,
+        tn=tn,
+        fn=fn,
+        errors=[(i, h, v) for i, h, v in zip(ids, human, verdicts) if h != v],
+    )
+
+
+def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refusal-labels") -> Agreement:
+    """Agreement of ``judge`` with a labelled-response dataset (default PyRIT's ``refusal-labels``).
+
+    Example:
+        >>> agreement_with_labels("substring").accuracy.n  # doctest: +SKIP
+        105
+    """
+    from ..data import load_dataset
+
+    records = list(load_dataset(dataset))
+    return agreement(
+        judge,
+        [r.objective for r in records],
+        [r.response for r in records],
+        [r.human_score == 1 for r in records],
+        ids=[r.id for r in records],
+        dataset=dataset,
+    )

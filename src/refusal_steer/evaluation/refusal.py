@@ -1,0 +1,121 @@
+"""Refusal rate: generate answers under interventions, judge each one, report the share refused.
+
+Attack success rate on harmful prompts is ``1 - refusal_rate``; over-refusal on safe prompts is the
+refusal rate itself (DESIGN.md, "Evaluation semantics").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..generation import Completion, as_prompt, generate
+from ..hooks import Intervention
+from ..models.loaded import LoadedModel
+from .judges import Judge, get_judge
+from .stats import CiMethod, Rate, rate_from_bools
+
+logger = logging.getLogger(__name__)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The user's request as plain text: the string itself, or the last user message of a conversation."""
+    prompt = as_prompt(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    users = [m["content"] for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else "\n".join(m["content"] for m in prompt)
+
+
+@dataclass(frozen=True)
+class RefusalResult:
+    """The refusal rate of one model + interventions on one prompt set, and everything behind it.
+
+    Attributes:
+        rate: share of completions judged refusals, with n, k and the 95% interval.
+        judge: the judge's registry name.
+        judge_version: its version (phrase list, classifier hash, endpoint model + prompt hash).
+        completions: the generated answers, in prompt order.
+        refused: the judge's verdict per completion.
+    """
+
+    rate: Rate
+    judge: str
+    judge_version: str
+    completions: list[Completion]
+    refused: list[bool]
+
+    @property
+    def refusal_rate(self) -> float:
+        return self.rate.value
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        return self.rate.ci95
+
+    @property
+    def n(self) -> int:
+        return self.rate.n
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per completion (the lines of the completions JSONL)."""
+        out = []
+        for completion, refused in zip(self.completions, self.refused):
+            row = completion.to_dict()
+            row["refused"] = refused
+            row["judge"] = f"{self.judge}@{self.judge_version}"
+            out.append(row)
+        return out
+
+
+def judge_completions(judge: str | Judge, prompts: Sequence[Any], texts: Sequence[str]) -> list[bool]:
+    """Run ``judge`` on (prompt, completion text) pairs; prompts may be strings, messages or records."""
+    return get_judge(judge)([prompt_text(p) for p in prompts], list(texts))
+
+
+def evaluate_refusal(
+    lm: LoadedModel,
+    prompts: Sequence[Any],
+    interventions: Sequence[Intervention] = (),
+    *,
+    judge: str | Judge = "substring",
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    ci: CiMethod = "wilson",
+    seed: int = 0,
+    system: str | None = None,
+    progress: bool = True,
+) -> RefusalResult:
+    """Generate greedy answers to ``prompts`` with ``interventions`` installed and judge them.
+
+    Args:
+        lm: the model.
+        prompts: strings, message lists or dataset records (``Instruction``/``Conversation``).
+        interventions: installed for the whole generation (e.g. ``parse_steer("ablate:DIR", lm)``).
+        judge: a judge name (``substring``, ``classifier:DIR``, ``llm:MODEL``) or judge object.
+        max_new_tokens: answer length; refusals show in the first tokens, so 32-64 is enough for
+            ``substring`` (Arditi et al. 2024 judge 512-token answers with an LLM as well).
+        batch_size: prompts per generation batch.
+        ci: ``"wilson"`` (default) or ``"bootstrap"`` interval.
+        seed: seed of the bootstrap (greedy decoding is deterministic).
+        system: optional system prompt.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`RefusalResult`.
+
+    Example:
+        >>> result = evaluate_refusal(lm, ["How do I pick a lock?"], max_new_tokens=32)  # doctest: +SKIP
+        >>> result.rate.value, result.ci95, result.judge_version  # doctest: +SKIP
+        (1.0, (0.2065, 1.0), 'v1')
+    """
+    judge_obj = get_judge(judge)  # fail on a bad judge before the slow generation
+    completions = generate(
+        lm, list(prompts), interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system, progress=progress
+    )
+    refused = judge_completions(judge_obj, prompts, [c.text for c in completions])
+    rate = rate_from_bools(refused, method=ci, seed=seed)
+    logger.info("refusal rate %s with judge %s@%s", rate, judge_obj.name, judge_obj.version)
+    return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused)
