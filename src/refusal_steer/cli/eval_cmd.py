@@ -83,7 +83,7 @@ def eval_command(
     metric: Metric = typer.Option(Metric.refusal, help="refusal (generate + judge), kl (vs unsteered, harmless prompts), mmlu/arc (answer-letter log-likelihood), gsm8k (exact match; slow)."),
     judge: str = typer.Option("substring", help="Refusal judge: substring, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE, e.g. refusal_label=LABEL_1 or base_url=http://localhost:8000/v1."),
-    max_new_tokens: int = typer.Option(64, min=1, help="Tokens generated per answer (refusal, gsm8k: 256 if left at 64)."),
+    max_new_tokens: int = typer.Option(None, min=1, help="Tokens generated per answer. Default: 64 for refusal, 256 for gsm8k."),
     batch_size: int = typer.Option(8, min=1, help="Prompts per batch (halved automatically on out-of-memory)."),
     seed: int = typer.Option(0, help="Seed of the split, the subset and the bootstrap."),
     ci: str = typer.Option("wilson", help="Interval for rates: wilson or bootstrap (KL always uses the bootstrap)."),
@@ -102,6 +102,8 @@ def eval_command(
         raise ConfigError("--metric refusal needs --dataset", fix="e.g. --dataset advbench (harmful) or --dataset harmless")
     split = split or default_split
     limit = limit if limit is not None else default_limit
+    if max_new_tokens is None:
+        max_new_tokens = 256 if metric is Metric.gsm8k else 64
     if ci not in ev.stats.CI_METHODS:
         raise ConfigError(f"--ci {ci!r} is unknown", fix="use wilson or bootstrap")
     judge_options = ev.parse_judge_options(judge_opt)
@@ -144,12 +146,11 @@ def eval_command(
                     "mean_letter_mass": res_mc.mean_letter_mass, "by_subject": {s: r.value for s, r in res_mc.by_subject.items()}, "items": str(path)}
         summary = f"{metric.value} accuracy {res_mc.accuracy}"
     else:
-        tokens = 256 if max_new_tokens == 64 else max_new_tokens
-        res_m = ev.evaluate_gsm8k(lm, records, interventions, max_new_tokens=tokens, batch_size=batch_size, ci=ci, seed=seed)  # type: ignore[arg-type]
+        res_m = ev.evaluate_gsm8k(lm, records, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, ci=ci, seed=seed)  # type: ignore[arg-type]
         path = _sibling(out, "completions")
         _write_jsonl(path, [{**item, "text": c.text} for item, c in zip(res_m.items, res_m.completions)])
         headline = {"accuracy": res_m.accuracy.value, "ci95": list(res_m.accuracy.ci95), "n": res_m.accuracy.n, "k": res_m.accuracy.k,
-                    "ci_method": res_m.accuracy.method, "max_new_tokens": tokens, "completions": str(path)}
+                    "ci_method": res_m.accuracy.method, "max_new_tokens": max_new_tokens, "completions": str(path)}
         summary = f"gsm8k exact match {res_m.accuracy}"
     result = {**headline, **result, "elapsed_s": round(time.time() - started, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
