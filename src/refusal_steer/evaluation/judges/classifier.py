@@ -31,6 +31,17 @@ def _as_bool(value: Any) -> bool:
     raise ConfigError(f"expected a boolean, got {value!r}", fix="write true or false")
 
 
+def _weights_digest(path: Path) -> str:
+    """First 12 hex digits of a sha256 over the weight files' names and bytes (changes when the weights do)."""
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        digest.update(weights.name.encode())
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 @register_judge("classifier")
 class ClassifierJudge:
     """Refusal if the classifier's argmax label (or P(refusal) >= ``threshold``) is the refusal label.
@@ -87,11 +98,7 @@ class ClassifierJudge:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.id2label = {int(i): str(v) for i, v in self.model.config.id2label.items()}
         self.refusal_index = self._resolve_label(refusal_label)
-        digest = hashlib.sha256()
-        for weights in sorted(self.path.glob("*.safetensors")) + sorted(self.path.glob("*.bin")):
-            digest.update(weights.name.encode())
-            digest.update(str(weights.stat().st_size).encode())
-        self.version = f"{self.path.name}@{digest.hexdigest()[:12]}:label{self.refusal_index}"
+        self.version = f"{self.path.name}@{_weights_digest(self.path)}:label{self.refusal_index}"
 
     def _resolve_label(self, label: str | int | None) -> int:
         labels = self.id2label
