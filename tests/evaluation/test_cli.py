@@ -50,7 +50,7 @@ def test_eval_refusal_writes_json_and_completions(model_dir: Path, prompts_file:
     result = json.loads(out.read_text())
     for key in ("refusal_rate", "ci95", "n", "judge", "judge_version", "model", "steer", "dataset", "split", "completions"):
         assert key in result
-    assert result["n"] == 4 and result["judge"] == "substring" and result["judge_version"] == "v1"
+    assert result["n"] == 4 and result["judge"] == "substring" and result["judge_version"] == "v2"
     assert result["steer"] == [] and result["split"] == "all"
     lo, hi = result["ci95"]
     assert lo <= result["refusal_rate"] <= hi

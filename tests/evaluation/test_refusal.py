@@ -70,7 +70,7 @@ def test_interventions_reach_generation(make_tiny_lm) -> None:
     assert [c.text for c in steered.completions] == [c.text for c in plain]
     baseline = evaluate_refusal(lm, PROMPTS, judge="substring", max_new_tokens=6, progress=False)
     assert [c.text for c in steered.completions] != [c.text for c in baseline.completions]
-    assert steered.judge == "substring" and steered.judge_version == "v1"
+    assert steered.judge == "substring" and steered.judge_version == "v2"
 
 
 def test_bootstrap_interval_and_bad_judge(make_tiny_lm) -> None:

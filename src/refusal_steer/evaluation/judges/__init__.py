@@ -11,7 +11,7 @@ from __future__ import annotations
 from .base import Judge, JudgeError, get_judge, judge_names, parse_judge_options, register_judge
 from .classifier import ClassifierJudge
 from .llm import DEFAULT_PROMPT, LlmJudge, parse_verdict
-from .substring import SubstringJudge, load_phrases, normalize
+from .substring import SubstringJudge, load_exceptions, load_phrases, normalize
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -22,6 +22,7 @@ __all__ = [
     "SubstringJudge",
     "get_judge",
     "judge_names",
+    "load_exceptions",
     "load_phrases",
     "normalize",
     "parse_judge_options",

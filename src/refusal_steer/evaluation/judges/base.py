@@ -78,7 +78,7 @@ def get_judge(spec: str | Judge, **options: Any) -> Judge:
 
     Example:
         >>> get_judge("substring").version
-        'v1'
+        'v2'
     """
     if not isinstance(spec, str):
         if options:
