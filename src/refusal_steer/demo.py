@@ -50,7 +50,8 @@ class DemoConfig:
     seed: int = 0
     judge: str = "substring"
     screen_top_k: int = 16
-    actadd_coef: float = 1.0
+    actadd_coef: float | None = None
+    """Activation-addition coefficient; None uses the one calibrated during selection."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
 
@@ -71,7 +72,8 @@ class Condition:
 def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
     saved = load_direction(direction_dir)
     ablate = [all_layers_ablation(saved.direction, lm)]
-    actadd = [Add(saved.direction, saved.point, coef=config.actadd_coef)]
+    coef = config.actadd_coef if config.actadd_coef is not None else float(saved.metadata.get("actadd_coef", 1.0))
+    actadd = [Add(saved.direction, saved.point, coef=coef)]
     return [
         Condition("baseline", "harmful"),
         Condition("ablation", "harmful", ablate),
@@ -140,8 +142,9 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     metrics = {
         "model": lm.spec,
         "model_sha256": lm.source_sha256,
-        "direction": {k: direction.selection[k] for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
-                                                          "baseline_refusal_score_harmless", "screen_rank_correlation")},
+        "direction": {k: direction.selection.get(k) for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
+                                                              "baseline_refusal_score_harmless", "screen_rank_correlation",
+                                                              "rule", "actadd_coef")},
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),
         "results": results,

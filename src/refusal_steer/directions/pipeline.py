@@ -145,10 +145,11 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         plot_selection_heatmap(selection_json, run.file("selection_heatmap.png"))
         save_direction(
             run.path, selection.direction, selection.point,
-            position=selection.position, model=lm.spec, model_sha256=lm.source_sha256 or "",
+            position=selection.position, actadd_coef=selection.actadd_coef, rule=selection.rule, model=lm.spec, model_sha256=lm.source_sha256 or "",
             harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, seed=config.seed,
             created_by="refusal-steer direction",
         )
         run.mark_done("selection", selection_key, time.time() - started)
+        selection_json = json.loads(run.file("selection.json").read_text())  # same value a resumed run returns
     run.write_manifest(stage="direction", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))
     return DirectionResult(out_dir=run.path, selection=selection_json, refusal_tokens=refusal_tokens)

@@ -51,6 +51,13 @@ class SelectionConfig:
     """Exactly score only the k candidates with the best first-order estimate; 0 scores all."""
     full_table: bool = False
     """Compute KL and induce for every exactly scored candidate instead of stopping at the winner."""
+    relax_induce: bool = True
+    """If no candidate passes all filters, pick the lowest bypass among those passing the KL filter
+    (recorded as ``rule`` in the result); activation addition then relies on the calibrated coefficient."""
+    actadd_coefs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
+    """Coefficients tried, smallest first, when calibrating activation addition (empty: skip)."""
+    actadd_target: float = 0.0
+    """Calibration target: mean harmless refusal log-odds above this (0 = refusal more likely than not)."""
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -92,6 +99,9 @@ class Selection:
     n_val_harmful: int
     n_val_harmless: int
     screen_rank_correlation: float | None = None
+    rule: str = "arditi"
+    actadd_coef: float = 1.0
+    actadd_calibration: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -113,6 +123,9 @@ class Selection:
             "n_val_harmful": self.n_val_harmful,
             "n_val_harmless": self.n_val_harmless,
             "screen_rank_correlation": self.screen_rank_correlation,
+            "rule": self.rule,
+            "actadd_coef": self.actadd_coef,
+            "actadd_calibration": self.actadd_calibration,
             "config": asdict(self.config),
             "table": [asdict(row) for row in self.table],
             **self.extra,
@@ -186,29 +199,41 @@ def select_direction(
         row.induce = refusal_log_odds(added, refusal_token_ids).mean().item()
         if not math.isfinite(row.kl) or row.kl >= config.kl_threshold:
             row.status = "filtered: kl"
-            return False
-        if row.induce <= config.induce_threshold:
+        elif row.induce <= config.induce_threshold:
             row.status = "filtered: induce"
-            return False
-        row.status = "passed"
-        return True
+        else:
+            row.status = "passed"
+        logger.info("candidate pos %d layer %d: bypass %.3f induce %.3f kl %.4f -> %s",
+                    row.position, row.layer, row.bypass, row.induce, row.kl, row.status)
+        return row.status == "passed"
 
     chosen: CandidateScore | None = None
-    remaining = sorted(shortlist, key=lambda row: row.bypass)
-    for row in tqdm(remaining, desc="filters (KL, induce)", unit="candidate", disable=not progress):
-        if passes(row) and chosen is None:
-            chosen = row
-            if not config.full_table:
-                break
-    if chosen is None and len(shortlist) < len(allowed):
-        logger.warning("no screened candidate passed the filters; scoring the remaining candidates exactly")
-        rest = sorted((row for row in allowed if row not in shortlist), key=lambda row: row.estimated_bypass)
-        for row in tqdm(rest, desc="bypass scores (rest)", unit="candidate", disable=not progress):
-            row.bypass = bypass(row)
-        for row in sorted(rest, key=lambda row: row.bypass):
-            if passes(row):
+    rule = "arditi"
+    pending = sorted((row for row in allowed if row not in shortlist), key=lambda row: row.estimated_bypass or 0.0)
+    chunk = max(config.screen_top_k, 1)
+    while True:
+        for row in tqdm(sorted((r for r in shortlist if r.status == "not evaluated"), key=lambda r: r.bypass),
+                        desc="filters (KL, induce)", unit="candidate", disable=not progress):
+            if passes(row) and chosen is None:
                 chosen = row
-                break
+                if not config.full_table:
+                    break
+        if chosen is not None or not pending:
+            break
+        if config.relax_induce and any(r.status == "filtered: induce" for r in shortlist):
+            break  # the relaxed rule below has candidates; do not score everything
+        logger.warning("no candidate passed the filters; scoring the next %d candidates exactly", chunk)
+        batch, pending = pending[:chunk], pending[chunk:]
+        for row in tqdm(batch, desc="bypass scores (more)", unit="candidate", disable=not progress):
+            row.bypass = bypass(row)
+        shortlist = shortlist + batch
+    if chosen is None and config.relax_induce:
+        kl_ok = [row for row in shortlist if row.status == "filtered: induce"]
+        if kl_ok:
+            chosen = min(kl_ok, key=lambda row: row.bypass)
+            rule = "relaxed-induce"
+            logger.warning("no candidate induced refusal at coefficient 1 (induce > %s); chose the lowest bypass score "
+                           "among candidates with KL < %s", config.induce_threshold, config.kl_threshold)
     if chosen is None:
         raise RefusalSteerError(
             "no candidate direction passed the KL and induce filters",
@@ -217,7 +242,12 @@ def select_direction(
     chosen.status = "selected"
     scored = [row for row in shortlist if row.estimated_bypass is not None and row.bypass is not None]
     correlation = _spearman([r.estimated_bypass for r in scored], [r.bypass for r in scored]) if scored else None
+    direction = diffs.candidate(chosen.position, chosen.layer)
+    coef, calibration = calibrate_actadd(lm, direction, chosen.layer, harmless_val, refusal_token_ids, config, system=system)
     return Selection(
+        rule=rule,
+        actadd_coef=coef,
+        actadd_calibration=calibration,
         position=chosen.position,
         layer=chosen.layer,
         direction=diffs.candidate(chosen.position, chosen.layer).clone(),
@@ -230,3 +260,31 @@ def select_direction(
         n_val_harmless=len(harmless_val),
         screen_rank_correlation=correlation,
     )
+
+
+def calibrate_actadd(
+    lm: LoadedModel,
+    direction: torch.Tensor,
+    layer: int,
+    harmless_val: Sequence[str],
+    refusal_token_ids: Sequence[int],
+    config: SelectionConfig,
+    *,
+    system: str | None = None,
+) -> tuple[float, list[dict]]:
+    """Smallest coefficient in ``config.actadd_coefs`` whose addition lifts harmless refusal log-odds above the target.
+
+    Arditi et al. add the raw difference-in-means (coefficient 1); on smaller models its norm can be
+    too short to induce refusal, so we search upward on the validation prompts and report every try.
+    Returns the largest coefficient tried when none reaches the target.
+    """
+    tries: list[dict] = []
+    for coef in config.actadd_coefs:
+        added = last_token_logprobs(lm, harmless_val, [Add(direction, HookPoint(Site.RESID_PRE, layer), coef=coef)],
+                                    batch_size=config.batch_size, system=system)
+        score = refusal_log_odds(added, refusal_token_ids).mean().item()
+        tries.append({"coef": coef, "induce": score})
+        logger.info("activation addition coef %.2f: harmless refusal log-odds %.3f", coef, score)
+        if score > config.actadd_target:
+            return coef, tries
+    return (tries[-1]["coef"] if tries else 1.0), tries

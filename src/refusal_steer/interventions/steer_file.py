@@ -21,7 +21,8 @@ A steer file (``steer.yaml`` or ``steer.json``) looks like::
 
 Vectors never go through pickle. The CLI also accepts short forms over a saved direction
 (:mod:`refusal_steer.directions.io`): ``ablate:DIR`` (ablation at every residual write of every layer)
-and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at).
+and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at; COEF defaults to the
+coefficient calibrated when the direction was selected, stored as ``actadd_coef``, else 1).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
         saved = load_direction(rest)
         out: list[Intervention] = [Ablate(saved.direction, residual_writes(lm))]
     elif sep and kind == "actadd":
-        directory, coef = rest, 1.0
+        directory, coef = rest, None
         head, sep2, tail = rest.rpartition(":")
         if sep2:
             try:
@@ -169,6 +170,9 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
             except ValueError:
                 directory = rest
         saved = load_direction(directory)
+        if coef is None:
+            # The coefficient calibrated at selection time (see directions/selection.py), else 1.
+            coef = float(saved.metadata.get("actadd_coef", 1.0))
         out = [Add(saved.direction, saved.point, coef=coef)]
     elif Path(spec).expanduser().suffix in (".yaml", ".yml", ".json") or Path(spec).expanduser().is_file():
         out = load_steer_file(spec, lm)

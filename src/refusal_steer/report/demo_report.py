@@ -65,7 +65,9 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
         "",
         f"Selected `{direction['point']}` at post-instruction position {direction['position']} "
         f"(bypass score {chosen['bypass']:.2f} vs baseline {direction['baseline_refusal_score_harmful']:.2f}; "
-        f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}). Refusal tokens: {metrics.get('refusal_tokens')}.",
+        f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}; selection rule `{direction.get('rule')}`). "
+        f"Refusal tokens: {metrics.get('refusal_tokens')}. Activation addition uses coefficient {direction.get('actadd_coef')} "
+        "(the smallest that lifted harmless refusal log-odds above 0 on the validation split).",
         "",
         "![selection heatmap](direction/selection_heatmap.png)",
         "",
