@@ -11,7 +11,7 @@ from refusal_steer.directions.io import load_direction
 from refusal_steer.directions.pipeline import DirectionConfig, find_direction
 from refusal_steer.directions.selection import SelectionConfig
 
-LOOSE = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=8)
+LOOSE = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=8, actadd_coefs=(1.0, 2.0))
 
 
 @pytest.fixture()
@@ -34,6 +34,10 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
         assert (out / name).is_file(), name
     saved = load_direction(out)
     assert str(saved.point) == result.selection["point"]
+    from refusal_steer.interventions import parse_steer
+
+    (added,) = parse_steer(f"actadd:{out}", lm)
+    assert added.coef == result.selection["actadd_coef"] and added.point == saved.point
     prompts = json.loads((out / "prompts.json").read_text())
     assert not set(prompts["harmful_train"]) & set(prompts["harmful_val"])
 
@@ -69,7 +73,7 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     import refusal_steer.demo as demo_module
 
     original = demo_module.SelectionConfig
-    demo_module.SelectionConfig = lambda **kw: SelectionConfig(**{**kw, "kl_threshold": 1e9, "induce_threshold": -1e9})
+    demo_module.SelectionConfig = lambda **kw: SelectionConfig(**{**kw, "kl_threshold": 1e9, "induce_threshold": -1e9, "actadd_coefs": (1.0,)})
     try:
         report = run_demo(tmp_path / "run", config, progress=False)
     finally:

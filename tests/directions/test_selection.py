@@ -114,3 +114,18 @@ def test_strict_filters_fall_back_then_fail_clearly(make_tiny_lm):
 def test_selection_config_validates(bad):
     with pytest.raises(ConfigError):
         SelectionConfig(**bad)
+
+
+def test_relaxed_rule_when_nothing_induces_refusal(make_tiny_lm):
+    lm = make_tiny_lm("qwen2")
+    diffs = difference_in_means(lm, HARMFUL[:2], HARMLESS[:2], progress=False)
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=1e9, screen_top_k=3, batch_size=4, actadd_coefs=(1.0, 2.0))
+    selection = select_direction(lm, diffs, HARMFUL[:2], HARMLESS[:2], REFUSAL_IDS, config, progress=False)
+    assert selection.rule == "relaxed-induce"
+    kl_ok = [row for row in selection.table if row.status in ("filtered: induce", "selected")]
+    assert selection.chosen().bypass == min(row.bypass for row in kl_ok)
+    # No coefficient reaches an induce score above the (impossible) target: the largest is reported.
+    assert [t["coef"] for t in selection.actadd_calibration] == [1.0, 2.0] and selection.actadd_coef == 2.0
+    with pytest.raises(Exception, match="no candidate"):
+        select_direction(lm, diffs, HARMFUL[:2], HARMLESS[:2], REFUSAL_IDS,
+                         SelectionConfig(**{**config.__dict__, "relax_induce": False}), progress=False)
