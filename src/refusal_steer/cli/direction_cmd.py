@@ -36,6 +36,7 @@ def direction(
     max_layer_fraction: float = typer.Option(0.8, help="Only consider layers below this fraction of the depth."),
     screen_top_k: int = typer.Option(16, help="Exactly score only the k best first-order estimates; 0 = all."),
     full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
+    relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
     judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
     dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),
@@ -50,7 +51,8 @@ def direction(
         harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, seed=seed, batch_size=batch_size, judge=judge,
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
-                                  screen_top_k=screen_top_k, full_table=full_table, batch_size=batch_size),
+                                  screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
+                                  batch_size=batch_size),
     )
     lm = load_model(model, dtype=dtype)
     result = find_direction(lm, config, out)
@@ -62,6 +64,8 @@ def direction(
         "bypass_score": chosen["bypass"],
         "induce_score": chosen["induce"],
         "kl": chosen["kl"],
+        "rule": result.selection.get("rule"),
+        "actadd_coef": result.selection.get("actadd_coef"),
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
         "selection": str(out / "selection.json"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..hooks import HookCall, HookPoint, Site, apply, prompt_boundary
 from ..interventions import residual_writes
@@ -67,6 +68,7 @@ def estimate_ablation_effects(
     *,
     batch_size: int = 8,
     system: str | None = None,
+    progress: bool = False,
 ) -> Tensor:
     """Estimated change in the mean refusal score when each row of ``directions`` is ablated everywhere.
 
@@ -84,7 +86,8 @@ def estimate_ablation_effects(
     points = tuple(p for p in residual_writes(lm) if p.site is not Site.RESID_PRE or p.layer == 0)
     total = torch.zeros(units.shape[0], dtype=torch.float64)
     with _frozen_parameters(lm.model):
-        for start in range(0, len(texts), batch_size):
+        batches = range(0, len(texts), batch_size)
+        for start in tqdm(batches, desc="screening candidates (forward+backward)", unit="batch", disable=not progress):
             capture = _GradCapture(points)
             inputs = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
             with torch.enable_grad(), apply(lm, [capture]), prompt_boundary(lm, inputs["input_ids"].shape[1]):

@@ -176,7 +176,8 @@ def select_direction(
 
     if config.screen_top_k and config.screen_top_k < len(allowed):
         stacked = torch.stack([diffs.candidate(row.position, row.layer) for row in allowed])
-        effects = estimate_ablation_effects(lm, harmful_val, refusal_token_ids, stacked, batch_size=max(1, bs // 2), system=system)
+        effects = estimate_ablation_effects(lm, harmful_val, refusal_token_ids, stacked, batch_size=max(1, bs // 2), system=system,
+                                            progress=progress)
         for row, effect in zip(allowed, effects.tolist()):
             row.estimated_bypass = baseline_harmful + effect
         shortlist = sorted(allowed, key=lambda row: row.estimated_bypass)[: config.screen_top_k]
