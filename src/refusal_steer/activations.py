@@ -238,7 +238,8 @@ def _cache_shard(
                 selected = x[row, columns]
                 if positions == "mean":
                     selected = selected.float().mean(0, keepdim=True)
-                values[point] = selected.to(device="cpu", dtype=store_dtype)
+                # A copy, never a view: a view would keep the whole (batch, seq, d) activation alive.
+                values[point] = selected.to(device="cpu", dtype=store_dtype, copy=True)
             result[index] = (values, torch.tensor([-1]) if positions == "mean" else token_index)
         bar.update(sum(len(t) for t in lists))
         return result

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError, EmptyDatasetError, ShapeMismatchError
 from ..hooks import HookPoint, Site, run_and_record
-from ..models import LoadedModel, format_chat, post_instruction
+from ..generation import encode_prompts, left_pad, length_order, position_ids
+from ..models import LoadedModel, post_instruction
 
 CANDIDATES_FILENAME = "candidates.safetensors"
 
@@ -94,20 +95,19 @@ def mean_activations(
         n_positions = post_instruction(lm.tokenizer, system=system).n_positions
     positions = tuple(range(-n_positions, 0))
     points = [HookPoint(Site.RESID_PRE, layer) for layer in range(lm.n_layers)]
-    tokenizer = lm.tokenizer
-    tokenizer.padding_side = "left"
-    texts = [format_chat(tokenizer, prompt, system=system) for prompt in prompts]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    encoded = encode_prompts(lm, prompts, system=system)
+    order = length_order([len(tokens) for tokens in encoded])
     total = torch.zeros(n_positions, lm.n_layers, lm.d_model, dtype=torch.float64)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-        chunk = [texts[i] for i in order[start : start + batch_size]]
-        inputs = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-        if inputs["input_ids"].shape[1] < n_positions:
+        chunk = [encoded[i] for i in order[start : start + batch_size]]
+        if min(len(tokens) for tokens in chunk) < n_positions:
             raise ShapeMismatchError(f"prompts are shorter than the {n_positions} post-instruction positions")
-        acts = run_and_record(lm, dict(inputs), points)
+        inputs = left_pad(chunk, lm.tokenizer.pad_token_id, lm.device)
+        inputs["position_ids"] = position_ids(inputs["attention_mask"])
+        acts = run_and_record(lm, inputs, points)
         stacked = torch.stack([acts[p][:, -n_positions:, :] for p in points], dim=2)  # (batch, pos, layer, d)
         total += stacked.sum(dim=0).to(torch.float64).cpu()
-    return (total / len(texts)).to(torch.float32), positions
+    return (total / len(encoded)).to(torch.float32), positions
 
 
 def difference_in_means(

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from ..hooks import HookCall, HookPoint, Site, apply, prompt_boundary
 from ..interventions import residual_writes
-from ..models import LoadedModel, format_chat
+from ..generation import encode_prompts, left_pad, position_ids
+from ..models import LoadedModel
 from .scores import _accepts_logits_to_keep, refusal_log_odds
 
 
@@ -79,17 +80,16 @@ def estimate_ablation_effects(
         ``(n_candidates,)`` float32: negative values mean ablation lowers refusal.
     """
     units = directions.float() / directions.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    tokenizer = lm.tokenizer
-    tokenizer.padding_side = "left"
-    texts = [format_chat(tokenizer, p, system=system) for p in prompts]
+    encoded = encode_prompts(lm, prompts, system=system)
     extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(lm.model) else {}
     points = tuple(p for p in residual_writes(lm) if p.site is not Site.RESID_PRE or p.layer == 0)
     total = torch.zeros(units.shape[0], dtype=torch.float64)
     with _frozen_parameters(lm.model):
-        batches = range(0, len(texts), batch_size)
+        batches = range(0, len(encoded), batch_size)
         for start in tqdm(batches, desc="screening candidates (forward+backward)", unit="batch", disable=not progress):
             capture = _GradCapture(points)
-            inputs = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            inputs = left_pad(encoded[start : start + batch_size], lm.tokenizer.pad_token_id, lm.device)
+            inputs["position_ids"] = position_ids(inputs["attention_mask"])
             with torch.enable_grad(), apply(lm, [capture]), prompt_boundary(lm, inputs["input_ids"].shape[1]):
                 logits = lm.model(**inputs, use_cache=False, **extra).logits[:, -1, :]
                 scores = refusal_log_odds_differentiable(torch.log_softmax(logits, dim=-1), refusal_token_ids)
@@ -102,7 +102,7 @@ def estimate_ablation_effects(
                 proj_x = (write.detach() * mask) @ r.T  # (batch, seq, n_candidates)
                 proj_g = write.grad @ r.T
                 total -= (proj_x * proj_g).sum(dim=(0, 1)).double().cpu()
-    return (total / len(texts)).float()
+    return (total / len(encoded)).float()
 
 
 def refusal_log_odds_differentiable(logprobs: Tensor, refusal_token_ids: Sequence[int]) -> Tensor:

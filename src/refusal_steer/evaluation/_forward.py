@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..generation import left_pad, length_order, run_with_backoff
+from ..generation import left_pad, position_ids, length_order, run_with_backoff
 from ..hooks import Intervention, apply
 from ..models.loaded import LoadedModel
 
@@ -30,9 +30,8 @@ def forward_padded(lm: LoadedModel, token_lists: Sequence[Sequence[int]], keep: 
     """
     batch = left_pad(token_lists, lm.tokenizer.pad_token_id, lm.device)
     mask = batch["attention_mask"]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"logits_to_keep": keep} if keep > 0 else {}
-    out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids, use_cache=False, **kwargs)
+    out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask), use_cache=False, **kwargs)
     logits = out.logits
     return (logits[:, -keep:] if keep > 0 else logits).float()
 
