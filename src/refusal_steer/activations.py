@@ -137,40 +137,99 @@ def cache_activations(
         for i, tokens in enumerate(encoded):
             if tuple(tokens[-n_post:]) != suffix:
                 raise ConfigError(f"prompt {i} does not end with the post-instruction tokens", fix="use positions=last for conversations that end mid-turn")
+    extra = {"system": system, "source": source, "prompts_sha256": _prompts_sha256(texts)}
+    return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions=positions, n_post=n_post, store_dtype=store_dtype,
+                          batch_size=batch_size, shard_size=shard_size, interventions=interventions, extra=extra, progress=progress)
 
-    out = Path(out_dir)
+
+def cache_token_activations(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    points: Sequence[HookPoint | str] | str,
+    out_dir: str | Path,
+    *,
+    skip_tokens: int = 0,
+    dtype: str | torch.dtype = torch.float32,
+    batch_size: int = 8,
+    shard_size: int = 1024,
+    source: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cache every token's activation (``positions="all"``) for already-tokenised sequences.
+
+    This is the input path of SAE training (:mod:`refusal_steer.sae.corpus` builds the token mix).
+    ``skip_tokens`` drops each sequence's first tokens (a chat template's fixed system prefix, whose
+    first token is an attention sink with an outsized norm), so they neither waste the token budget
+    nor dominate the reconstruction loss. Same layout, manifest and resume as :func:`cache_activations`.
+    """
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    if skip_tokens < 0:
+        raise ConfigError(f"skip_tokens must be >= 0, got {skip_tokens}")
+    store_dtype = parse_dtype(dtype)
+    if not isinstance(store_dtype, torch.dtype):
+        raise ConfigError(f"dtype {dtype!r} cannot be a storage dtype", fix="use float32, bfloat16 or float16")
+    point_list = parse_points(points) if isinstance(points, str) else [HookPoint.parse(p) for p in points]
+    if not point_list:
+        raise ConfigError("no hook points given", fix="pass e.g. points='resid_pre.12'")
+    for point in point_list:
+        point.validate(lm)
+    encoded = [list(t) for t in token_lists if len(t) > skip_tokens]
+    if not encoded:
+        raise ConfigError(f"no token sequence is longer than skip_tokens={skip_tokens}", fix="pass longer sequences or a smaller skip_tokens")
+    digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
+    extra = {"source": source, "tokens_sha256": digest, "skip_tokens": skip_tokens}
+    return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions="all", n_post=0, store_dtype=store_dtype, batch_size=batch_size,
+                          shard_size=shard_size, interventions=(), extra=extra, progress=progress, skip_tokens=skip_tokens)
+
+
+def _cache_encoded(
+    lm: LoadedModel,
+    encoded: list[list[int]],
+    point_list: list[HookPoint],
+    out: Path,
+    *,
+    positions: str,
+    n_post: int,
+    store_dtype: torch.dtype,
+    batch_size: int,
+    shard_size: int,
+    interventions: Sequence[Intervention],
+    extra: dict[str, Any],
+    progress: bool,
+    skip_tokens: int = 0,
+) -> dict[str, Any]:
+    """Shared body of the two cache functions: manifest, resume, shards."""
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "points": [str(p) for p in point_list],
         "positions": positions,
         "dtype": str(store_dtype).removeprefix("torch."),
-        "n": len(texts),
+        "n": len(encoded),
         "shard_size": shard_size,
         "model": lm.spec,
         "source_sha256": lm.source_sha256,
         "d_model": lm.d_model,
-        "system": system,
-        "source": source,
-        "prompts_sha256": _prompts_sha256(texts),
+        **extra,
         "interventions": [type(i).__name__ for i in interventions],
     }
     manifest_path = out / MANIFEST_NAME
     manifest = _start_manifest(manifest_path, config)
     done = {entry["file"] for entry in manifest["shards"] if (out / entry["file"]).is_file()}
     manifest["shards"] = [entry for entry in manifest["shards"] if entry["file"] in done]
-    n_shards = (len(texts) + shard_size - 1) // shard_size
+    n_shards = (len(encoded) + shard_size - 1) // shard_size
     todo = [s for s in range(n_shards) if _shard_name(s) not in done]
     if done:
         logger.info("resuming %s: %d of %d shards already written", out, len(done), n_shards)
 
     from tqdm.auto import tqdm
 
-    total_tokens = sum(len(encoded[i]) for s in todo for i in range(s * shard_size, min(len(texts), (s + 1) * shard_size)))
+    total_tokens = sum(len(encoded[i]) for s in todo for i in range(s * shard_size, min(len(encoded), (s + 1) * shard_size)))
     started = time.perf_counter()
     with tqdm(total=total_tokens, desc="caching activations", unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
         for s in todo:
-            start, stop = s * shard_size, min(len(texts), (s + 1) * shard_size)
-            tensors = _cache_shard(lm, encoded, range(start, stop), point_list, positions, n_post, store_dtype, batch_size, interventions, bar)
+            start, stop = s * shard_size, min(len(encoded), (s + 1) * shard_size)
+            tensors = _cache_shard(lm, encoded, range(start, stop), point_list, positions, n_post, store_dtype, batch_size, interventions, bar, skip_tokens)
             _write_shard(out / _shard_name(s), tensors, {"start": str(start), "stop": str(stop)})
             manifest["shards"].append({"file": _shard_name(s), "start": start, "stop": stop, "rows": int(tensors[PROMPT_INDEX].shape[0])})
             manifest["shards"].sort(key=lambda e: e["start"])
@@ -213,6 +272,7 @@ def _cache_shard(
     batch_size: int,
     interventions: Sequence[Intervention],
     bar: Any,
+    skip_tokens: int = 0,
 ) -> dict[str, Tensor]:
     """Activations for prompts ``indices``, rows in prompt order."""
     per_prompt: dict[int, tuple[dict[HookPoint, Tensor], Tensor]] = {}
@@ -232,7 +292,8 @@ def _cache_shard(
             elif positions == "post_instruction":
                 columns, token_index = slice(width - n_post, width), torch.arange(length - n_post, length)
             else:
-                columns, token_index = slice(width - length, width), torch.arange(length)
+                first = skip_tokens if positions == "all" else 0
+                columns, token_index = slice(width - length + first, width), torch.arange(first, length)
             values = {}
             for point, x in acts.items():
                 selected = x[row, columns]

@@ -34,29 +34,39 @@ def info(
 
 @sae_app.command("train")
 def train(
-    activations: Path = typer.Option(..., "--activations", help="Directory of *.safetensors activation shards ((n, d_in) each)."),
     out: Path = typer.Option(..., "--out", help="Output directory (checkpoints, cfg.json, sae_weights.safetensors, training.json)."),
+    tokens: int = typer.Option(..., help="Token budget (activations seen in training; cached tokens are reused in epochs when fewer)."),
+    activations: Path = typer.Option(None, "--activations", help="Directory of *.safetensors activation shards ((n, d_in) each)."),
+    model: str = typer.Option(None, help="Model to cache activations from (without --activations), and recorded in cfg.json."),
+    point: str = typer.Option(None, help="Hook point, e.g. resid_pre.12 (required with --model; picks the tensor in multi-tensor shards)."),
+    cache_tokens: int = typer.Option(None, "--cache-tokens", help="With --model: tokens of the chat/harmful/harmless mix to cache (default: --tokens)."),
     arch: str = typer.Option("topk", help="Architecture: relu_l1, topk, batchtopk, jumprelu."),
     width: int = typer.Option(8192, help="Number of latents (d_sae)."),
     k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
-    tokens: int = typer.Option(..., help="Token budget."),
-    point: str = typer.Option(None, help="Hook point the activations come from, e.g. resid_pre.12 (also picks the tensor in multi-tensor shards)."),
-    model: str = typer.Option(None, help="Model the activations come from (recorded in cfg.json)."),
     lr: float = typer.Option(None, help="Peak learning rate (default 2e-4 / sqrt(width / 16384))."),
     batch_size: int = typer.Option(4096, help="Activations per optimizer step."),
     l1_coefficient: float = typer.Option(5.0, help="relu_l1: L1 coefficient."),
     l0_coefficient: float = typer.Option(1.0, help="jumprelu: L0 coefficient."),
     dead_tokens: int = typer.Option(1_000_000, help="Tokens without firing after which a latent counts as dead."),
     checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0: never); a rerun resumes from the last one."),
-    seed: int = typer.Option(0, help="Seed for initialisation and shuffling."),
+    seed: int = typer.Option(0, help="Seed for initialisation, the token mix and shuffling."),
     device: str = typer.Option("cpu", help="torch device."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
-    """Train an SAE on cached activations (streaming from --model comes with the caching engine)."""
+    """Train an SAE on cached activations, or on a chat + harmful + harmless token mix cached from --model.
+
+    With --model, the mix's train split is cached once to OUT/activations (resumable, the forward pass
+    stops after the hooked layer), then training runs over it; a rerun resumes either stage.
+    """
+    from ..errors import ConfigError
     from ..sae import TrainConfig, build_sae, registry, train_sae
     from ..sae.shards import ActivationShards
 
+    if activations is None:
+        if model is None or point is None:
+            raise ConfigError("sae train needs --activations DIR, or --model MODEL with --point", fix="e.g. --model default --point resid_pre.14")
+        activations = _cache_mix(model, point, out / "activations", cache_tokens or tokens, seed, device, progress=not no_progress)
     shards = ActivationShards(activations, point=point)
     cfg_cls = registry.get(arch)[1]
     fields: dict = {"d_in": shards.d_in, "d_sae": width, "point": point, "model": model}
@@ -70,7 +80,7 @@ def train(
     tcfg = TrainConfig(
         tokens=tokens, batch_size=batch_size, lr=lr, dead_tokens=dead_tokens, checkpoint_every=checkpoint_every, seed=seed, progress=not no_progress
     )
-    res = train_sae(sae, shards, tcfg, out)
+    res = train_sae(sae, _epochs(shards, tokens), tcfg, out)
     summary = {"out": str(out), "arch": arch, "steps": res.steps, "tokens": res.tokens, "seconds": res.seconds, "resumed_from": res.resumed_from,
                "final": res.history[-1] if res.history else None}
     if as_json:
@@ -79,22 +89,67 @@ def train(
         console.print(f"trained {arch} SAE ({width} latents) for {res.steps} steps / {res.tokens} tokens -> {out}")
 
 
+def _cache_mix(model: str, point: str, out: Path, n_tokens: int, seed: int, device: str, progress: bool) -> Path:
+    """Cache the train split of the SAE token mix at ``point`` (resumes an unfinished cache)."""
+    from ..activations import cache_token_activations
+    from ..models import load_model
+    from ..sae.corpus import mix_token_lists
+
+    lm = load_model(model, device=device)
+    sequences, skip = mix_token_lists(lm, n_tokens, split="train", seed=seed)
+    cache_token_activations(lm, sequences, point, out, skip_tokens=skip, source="sae-mix:train", progress=progress)
+    return out
+
+
+def _epochs(shards, tokens: int):
+    """A source that replays the shards as many times as the token budget needs."""
+    import itertools
+    import math
+
+    rows = sum(_rows(path) for path in shards.files)
+    repeats = max(1, math.ceil(tokens / max(rows, 1)))
+    return lambda: itertools.chain.from_iterable(iter(shards) for _ in range(repeats))
+
+
+def _rows(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = [k for k in f.keys() if k not in ("prompt_index", "token_index")]
+        return int(f.get_slice(keys[0]).get_shape()[0]) if keys else 0
+
+
 @sae_app.command("eval")
 def evaluate(
     sae_path: Path = typer.Option(..., "--sae", help="SAE directory or params.npz."),
-    activations: Path = typer.Option(..., "--activations", help="Directory of held-out *.safetensors activation shards."),
-    point: str = typer.Option(None, help="Tensor/hook point to read in multi-tensor shards."),
-    max_tokens: int = typer.Option(None, help="Evaluate on at most this many tokens."),
+    activations: Path = typer.Option(None, "--activations", help="Directory of held-out *.safetensors activation shards."),
+    model: str = typer.Option(None, help="Evaluate against this model on a held-out (test-split) token mix, including spliced CE/KL."),
+    point: str = typer.Option(None, help="Hook point (default: the SAE's own); picks the tensor in multi-tensor shards."),
+    max_tokens: int = typer.Option(None, help="Evaluate on at most this many tokens (with --model: default 20000)."),
     dense_threshold: float = typer.Option(0.1, help="Firing frequency above which a latent counts as dense."),
+    device: str = typer.Option("cpu", help="torch device (with --model)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """MSE, FVU, L0, dead and dense latent fractions on held-out activations (spliced CE/KL needs --model, coming)."""
+    """MSE, FVU, L0, dead and dense latent fractions; with --model also CE loss recovered and KL spliced in."""
+    from ..errors import ConfigError
     from ..sae import evaluate_sae, load_sae
-    from ..sae.shards import ActivationShards
 
-    shards = ActivationShards(activations, point=point)
-    sae = load_sae(sae_path, d_model=shards.d_in)
-    metrics = evaluate_sae(sae, shards, dense_threshold=dense_threshold, max_tokens=max_tokens).to_dict()
+    if model is not None:
+        from ..models import load_model
+        from ..sae.model_eval import evaluate_on_model
+
+        lm = load_model(model, device=device)
+        sae = load_sae(sae_path, d_model=lm.d_model).to(lm.device)
+        metrics = evaluate_on_model(lm, sae, point=point, n_tokens=max_tokens or 20_000, dense_threshold=dense_threshold, progress=not no_progress)
+    elif activations is not None:
+        from ..sae.shards import ActivationShards
+
+        shards = ActivationShards(activations, point=point)
+        sae = load_sae(sae_path, d_model=shards.d_in)
+        metrics = evaluate_sae(sae, shards, dense_threshold=dense_threshold, max_tokens=max_tokens).to_dict()
+    else:
+        raise ConfigError("sae eval needs --model MODEL or --activations DIR", fix="e.g. --model default (held-out mix, spliced metrics too)")
     if as_json:
         print_json(metrics)
         return

@@ -33,6 +33,8 @@ class SaeSplice:
         sae: the SAE; its ``d_in`` must equal the width at ``point``.
         point: hook point (``"resid_pre.12"`` or a :class:`~refusal_steer.hooks.HookPoint`).
         keep_error: add the reconstruction error back (output unchanged up to rounding).
+        skip_tokens: leave each sequence's first tokens alone (a chat template's fixed prefix the SAE
+            was not trained on, see :func:`refusal_steer.sae.corpus.template_prefix_length`).
 
     Example:
         >>> with apply(lm, [SaeSplice(sae, "resid_pre.12", keep_error=False)]):  # doctest: +SKIP
@@ -42,6 +44,7 @@ class SaeSplice:
     sae: Sae
     point: HookPoint | str
     keep_error: bool = True
+    skip_tokens: int = 0
     _hp: HookPoint = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +67,24 @@ class SaeSplice:
         pad = call.positions.padding
         if pad is not None and pad.shape == x.shape[:2] and bool(pad.any()):
             out = torch.where(pad.unsqueeze(-1), x, out)
+        if self.skip_tokens > 0:
+            out = torch.where(prefix_mask(x, pad, self.skip_tokens).unsqueeze(-1), x, out)
         return out
 
 
-__all__ = ["SaeSplice"]
+def prefix_mask(x: Tensor, padding: Tensor | None, skip_tokens: int) -> Tensor:
+    """(batch, seq) True on each row's first ``skip_tokens`` real tokens (and on padding before them).
+
+    A decoding step (one position, past the prompt) has no prefix positions.
+    """
+    batch, seq = x.shape[:2]
+    if seq == 1:
+        return torch.zeros(batch, seq, dtype=torch.bool, device=x.device)
+    if padding is not None and padding.shape == (batch, seq):
+        index = (~padding).long().cumsum(-1) - 1
+    else:
+        index = torch.arange(seq, device=x.device).expand(batch, seq)
+    return index < skip_tokens
+
+
+__all__ = ["SaeSplice", "prefix_mask"]

@@ -172,6 +172,7 @@ class _ZeroAblation:
     """Replace the activation at ``point`` by zeros (the floor of CE loss recovered)."""
 
     point: Any
+    skip_tokens: int = 0
 
     @property
     def points(self) -> tuple[Any, ...]:
@@ -181,6 +182,11 @@ class _ZeroAblation:
         self.point.validate(lm)
 
     def __call__(self, x: Tensor, call: Any) -> Tensor:
+        if self.skip_tokens > 0:
+            from ..interventions.sae_splice import prefix_mask
+
+            keep = prefix_mask(x, call.positions.padding, self.skip_tokens).unsqueeze(-1)
+            return torch.where(keep, x, torch.zeros_like(x))
         return torch.zeros_like(x)
 
 
@@ -195,18 +201,21 @@ def _next_token_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[
 
 @torch.no_grad()
 def spliced_metrics(
-    lm: LoadedModel, sae: Sae, batches: Iterable[Mapping[str, Tensor]], point: Any | None = None
+    lm: LoadedModel, sae: Sae, batches: Iterable[Mapping[str, Tensor]], point: Any | None = None, *, skip_tokens: int = 0
 ) -> SplicedMetrics:
     """CE loss recovered and KL to the clean model with ``sae`` spliced in, with and without the error term.
 
     Args:
         lm: the model.
         sae: the SAE (its ``cfg.point`` is used when ``point`` is None).
-        batches: tokenized inputs, each a dict with ``input_ids`` and ``attention_mask``.
+        batches: tokenized inputs, each a dict with ``input_ids``, ``attention_mask`` and optionally
+            ``position_ids`` (pass them for left-padded batches).
         point: hook point (string or :class:`~refusal_steer.hooks.HookPoint`).
+        skip_tokens: splice (and zero-ablate) only from each row's ``skip_tokens``-th real token on,
+            and score only the predictions made there.
 
     Returns:
-        Token-weighted means over all non-padding next-token positions.
+        Token-weighted means over all scored next-token positions.
     """
     from ..errors import ConfigError, EmptyDatasetError
     from ..hooks import HookPoint, apply
@@ -216,18 +225,21 @@ def spliced_metrics(
     if where is None:
         raise ConfigError("the SAE records no hook point", fix="pass point='resid_pre.L' (or --point)")
     hp = HookPoint.parse(where)
-    splice = SaeSplice(sae, hp, keep_error=False)
-    splice_err = SaeSplice(sae, hp, keep_error=True)
-    zero = _ZeroAblation(hp)
+    splice = SaeSplice(sae, hp, keep_error=False, skip_tokens=skip_tokens)
+    splice_err = SaeSplice(sae, hp, keep_error=True, skip_tokens=skip_tokens)
+    zero = _ZeroAblation(hp, skip_tokens)
     sums = dict(clean=0.0, spliced=0.0, err=0.0, zero=0.0, kl=0.0, kl_err=0.0)
     n = 0
     device = next(lm.model.parameters()).device
     for batch in batches:
-        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         inputs["attention_mask"] = mask
         ids = inputs["input_ids"]
         ce0, logp0, valid = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
+        if skip_tokens > 0:
+            real_index = mask.long().cumsum(-1) - 1
+            valid = valid & (real_index[:, :-1] >= skip_tokens)
         results = {}
         for name, iv in (("spliced", splice), ("err", splice_err), ("zero", zero)):
             with apply(lm, [iv]):
