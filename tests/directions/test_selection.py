@@ -124,8 +124,10 @@ def test_relaxed_rule_when_nothing_induces_refusal(make_tiny_lm):
     assert selection.rule == "relaxed-induce"
     kl_ok = [row for row in selection.table if row.status in ("filtered: induce", "selected")]
     assert selection.chosen().bypass == min(row.bypass for row in kl_ok)
-    # No coefficient reaches an induce score above the (impossible) target: the largest is reported.
-    assert [t["coef"] for t in selection.actadd_calibration] == [1.0, 2.0] and selection.actadd_coef == 2.0
+    # No coefficient reaches an induce score above the (impossible) target: the best one tried is used.
+    tries = selection.actadd_calibration
+    assert [t["coef"] for t in tries] == [1.0, 2.0]
+    assert selection.actadd_coef == max(tries, key=lambda t: t["induce"])["coef"]
     with pytest.raises(Exception, match="no candidate"):
         select_direction(lm, diffs, HARMFUL[:2], HARMLESS[:2], REFUSAL_IDS,
                          SelectionConfig(**{**config.__dict__, "relax_induce": False}), progress=False)

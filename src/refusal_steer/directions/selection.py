@@ -277,7 +277,9 @@ def calibrate_actadd(
 
     Arditi et al. add the raw difference-in-means (coefficient 1); on smaller models its norm can be
     too short to induce refusal, so we search upward on the validation prompts and report every try.
-    Returns the largest coefficient tried when none reaches the target.
+    When none reaches the target, returns the coefficient with the highest score: past some norm the
+    addition pushes activations off-distribution and refusal log-odds fall again, so "the largest" would
+    be the worst choice.
     """
     tries: list[dict] = []
     for coef in config.actadd_coefs:
@@ -288,4 +290,9 @@ def calibrate_actadd(
         logger.info("activation addition coef %.2f: harmless refusal log-odds %.3f", coef, score)
         if score > config.actadd_target:
             return coef, tries
-    return (tries[-1]["coef"] if tries else 1.0), tries
+    if not tries:
+        return 1.0, tries
+    best = max(tries, key=lambda t: t["induce"])
+    logger.warning("no activation-addition coefficient reached log-odds %.2f; using the best one tried, %.2f (log-odds %.3f)",
+                   config.actadd_target, best["coef"], best["induce"])
+    return best["coef"], tries
