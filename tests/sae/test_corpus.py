@@ -115,12 +115,13 @@ def test_cli_train_from_model_then_eval(make_tiny_lm, mix: TokenMix, tmp_path: P
     runner = CliRunner()
     out = tmp_path / "sae"
     args = ["sae", "train", "--model", "tiny", "--point", "resid_pre.1", "--tokens", "4096", "--cache-tokens", "1000",
-            "--width", "128", "--k", "8", "--batch-size", "256", "--out", str(out), "--no-progress", "--json"]
+            "--width", "128", "--k", "8", "--batch-size", "256", "--out", str(out), "--no-progress", "--json", "--cache-points", "resid_pre.0"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert summary["tokens"] >= 4096  # cached ~1000 tokens replayed in epochs
-    assert read_manifest(out / "activations")["complete"]
+    manifest = read_manifest(out / "activations")
+    assert manifest["complete"] and manifest["config"]["points"] == ["resid_pre.1", "resid_pre.0"]
     r = runner.invoke(app, ["sae", "eval", "--sae", str(out), "--model", "tiny", "--max-tokens", "300", "--no-progress", "--json"])
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.output)

@@ -40,6 +40,7 @@ def train(
     model: str = typer.Option(None, help="Model to cache activations from (without --activations), and recorded in cfg.json."),
     point: str = typer.Option(None, help="Hook point, e.g. resid_pre.12 (required with --model; picks the tensor in multi-tensor shards)."),
     cache_tokens: int = typer.Option(None, "--cache-tokens", help="With --model: tokens of the chat/harmful/harmless mix to cache (default: --tokens)."),
+    cache_points: str = typer.Option(None, "--cache-points", help="With --model: more points to cache in the same pass (e.g. resid_pre.13,resid_pre.15), for SAEs at other layers via --activations."),
     arch: str = typer.Option("topk", help="Architecture: relu_l1, topk, batchtopk, jumprelu."),
     width: int = typer.Option(8192, help="Number of latents (d_sae)."),
     k: int = typer.Option(32, help="Active latents per token (topk, batchtopk)."),
@@ -66,7 +67,8 @@ def train(
     if activations is None:
         if model is None or point is None:
             raise ConfigError("sae train needs --activations DIR, or --model MODEL with --point", fix="e.g. --model default --point resid_pre.14")
-        activations = _cache_mix(model, point, out / "activations", cache_tokens or tokens, seed, device, progress=not no_progress)
+        points = [point] + [p for p in (cache_points or "").split(",") if p.strip() and p.strip() != point]
+        activations = _cache_mix(model, points, out / "activations", cache_tokens or tokens, seed, device, progress=not no_progress)
     shards = ActivationShards(activations, point=point)
     cfg_cls = registry.get(arch)[1]
     fields: dict = {"d_in": shards.d_in, "d_sae": width, "point": point, "model": model}
@@ -89,15 +91,15 @@ def train(
         console.print(f"trained {arch} SAE ({width} latents) for {res.steps} steps / {res.tokens} tokens -> {out}")
 
 
-def _cache_mix(model: str, point: str, out: Path, n_tokens: int, seed: int, device: str, progress: bool) -> Path:
-    """Cache the train split of the SAE token mix at ``point`` (resumes an unfinished cache)."""
+def _cache_mix(model: str, points: list[str], out: Path, n_tokens: int, seed: int, device: str, progress: bool) -> Path:
+    """Cache the train split of the SAE token mix at ``points`` (resumes an unfinished cache)."""
     from ..activations import cache_token_activations
     from ..models import load_model
     from ..sae.corpus import mix_token_lists
 
     lm = load_model(model, device=device)
     sequences, skip = mix_token_lists(lm, n_tokens, split="train", seed=seed)
-    cache_token_activations(lm, sequences, point, out, skip_tokens=skip, source="sae-mix:train", progress=progress)
+    cache_token_activations(lm, sequences, [p.strip() for p in points], out, skip_tokens=skip, source="sae-mix:train", progress=progress)
     return out
 
 
