@@ -144,7 +144,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         "model_sha256": lm.source_sha256,
         "direction": {k: direction.selection.get(k) for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
                                                               "baseline_refusal_score_harmless", "screen_rank_correlation",
-                                                              "rule", "actadd_coef")},
+                                                              "rule", "actadd_coef", "actadd_calibration", "config")},
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),
         "results": results,

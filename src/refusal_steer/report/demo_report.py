@@ -13,6 +13,22 @@ _CONDITION_LABELS = {"baseline": "baseline", "ablation": "ablate direction (all 
 _COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "actadd": "tab:blue"}
 
 
+def _actadd_sentence(direction: dict[str, Any]) -> str:
+    """How the activation-addition coefficient was chosen, honestly (the calibration may have fallen short)."""
+    coef = direction.get("actadd_coef")
+    tries = direction.get("actadd_calibration") or []
+    target = (direction.get("config") or {}).get("actadd_target", 0.0)
+    if not tries:
+        return f"Activation addition uses coefficient {coef}."
+    best = max(t["induce"] for t in tries)
+    tried = ", ".join(f"{t['coef']:g}" for t in tries)
+    if best > target:
+        return (f"Activation addition uses coefficient {coef:g}, the smallest of {tried} that lifted the mean harmless "
+                f"refusal log-odds above {target:g} on the validation split.")
+    return (f"Activation addition uses coefficient {coef:g}: none of {tried} lifted the mean harmless refusal log-odds "
+            f"above {target:g} on the validation split, so the best one ({best:.2f}) is used.")
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -66,8 +82,7 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
         f"Selected `{direction['point']}` at post-instruction position {direction['position']} "
         f"(bypass score {chosen['bypass']:.2f} vs baseline {direction['baseline_refusal_score_harmful']:.2f}; "
         f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}; selection rule `{direction.get('rule')}`). "
-        f"Refusal tokens: {metrics.get('refusal_tokens')}. Activation addition uses coefficient {direction.get('actadd_coef')} "
-        "(the smallest that lifted harmless refusal log-odds above 0 on the validation split).",
+        f"Refusal tokens: {metrics.get('refusal_tokens')}. {_actadd_sentence(direction)}",
         "",
         "![selection heatmap](direction/selection_heatmap.png)",
         "",
