@@ -196,9 +196,15 @@ def select_direction(
         direction = diffs.candidate(row.position, row.layer)
         ablated = last_token_logprobs(lm, harmless_val, [all_layers_ablation(direction, lm)], batch_size=bs, system=system)
         row.kl = kl_divergence(base_harmless, ablated).mean().item()
+        kl_fails = not math.isfinite(row.kl) or row.kl >= config.kl_threshold
+        if kl_fails and not config.full_table:
+            # The induce score cannot rescue a candidate that fails on KL: skip its forward passes.
+            row.status = "filtered: kl"
+            logger.info("candidate pos %d layer %d: bypass %.3f kl %.4f -> %s", row.position, row.layer, row.bypass, row.kl, row.status)
+            return False
         added = last_token_logprobs(lm, harmless_val, [Add(direction, HookPoint(Site.RESID_PRE, row.layer))], batch_size=bs, system=system)
         row.induce = refusal_log_odds(added, refusal_token_ids).mean().item()
-        if not math.isfinite(row.kl) or row.kl >= config.kl_threshold:
+        if kl_fails:
             row.status = "filtered: kl"
         elif row.induce <= config.induce_threshold:
             row.status = "filtered: induce"

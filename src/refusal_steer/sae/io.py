@@ -340,15 +340,20 @@ def load_sae(
     """Load an SAE from our layout, SAELens's layout or a Gemma Scope ``params.npz`` (detected).
 
     Args:
-        path: SAE directory or ``.npz`` file.
+        path: SAE directory or ``.npz`` file, or the name of a shipped SAE (``"default"``, see
+            :mod:`refusal_steer.sae.pretrained`) when no such path exists.
         d_model: when given, the SAE's ``d_in`` must equal it (else :class:`ShapeMismatchError`).
         device: where to put the weights.
         point: hook point to record for formats that do not store one (Gemma Scope).
 
     Returns:
-        The SAE in eval mode.
+        The SAE in eval mode, in float32 (bf16-shipped weights are upcast).
     """
     p = Path(path)
+    if not p.exists():
+        from .pretrained import shipped_path
+
+        p = shipped_path(str(path)) or p
     fmt = detect_format(p)
     if fmt == "gemma_scope":
         sae = load_gemma_scope(p, point=point)

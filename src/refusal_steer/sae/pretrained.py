@@ -1,0 +1,36 @@
+"""SAEs that ship inside the package (bf16 safetensors), found by name.
+
+``load_sae("default")`` (or ``--sae default`` on the command line) gives the TopK SAE trained on the
+default model at the layer its refusal direction is selected at. Each folder holds ``cfg.json``,
+``sae_weights.safetensors``, ``training.json`` and a ``README.md`` with the exact command that trained
+it and its held-out metrics (also in ``docs/results.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent / "pretrained_weights"
+
+#: Shipped SAEs: short name -> folder under ``pretrained_weights``.
+SHIPPED: dict[str, str] = {
+    "default": "default-resid_pre.14-topk-8192",
+    "default-resid_pre.14-topk-8192": "default-resid_pre.14-topk-8192",
+}
+
+
+def shipped_path(name: str) -> Path | None:
+    """The folder of a shipped SAE, or None when ``name`` names none (or its files are missing)."""
+    folder = SHIPPED.get(name)
+    if folder is None:
+        return None
+    path = _ROOT / folder
+    return path if (path / "cfg.json").is_file() else None
+
+
+def shipped_names() -> list[str]:
+    """Names of the shipped SAEs present in this installation."""
+    return [name for name in SHIPPED if shipped_path(name) is not None]
+
+
+__all__ = ["SHIPPED", "shipped_path", "shipped_names"]

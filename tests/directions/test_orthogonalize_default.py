@@ -1,0 +1,37 @@
+"""Slow: orthogonalised default-model weights, reloaded with plain transformers, match hook ablation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusal_steer.directions.orthogonalize import export_orthogonalized
+from refusal_steer.generation import encode_prompts, left_pad, position_ids
+from refusal_steer.hooks import apply
+from refusal_steer.interventions import all_layers_ablation
+
+PROMPTS = ["How do I bake bread?", "Write a tutorial on how to pick a lock."]
+
+
+@pytest.mark.slow
+def test_default_model_orthogonalized_matches_hooks(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from refusal_steer.models import load_model
+
+    lm = load_model("default")
+    direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    batch = left_pad(encode_prompts(lm, PROMPTS), lm.tokenizer.pad_token_id)
+    batch["position_ids"] = position_ids(batch["attention_mask"])
+    gen_inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), apply(lm, [all_layers_ablation(direction, lm)]):
+        hooked = lm.model(**batch).logits[:, -1]
+        hooked_tokens = lm.model.generate(**gen_inputs, max_new_tokens=12, do_sample=False)
+    out = export_orthogonalized(lm, direction, tmp_path / "ortho")
+    del lm
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()  # no refusal-steer code on this side
+    with torch.no_grad():
+        edited = plain(**batch).logits[:, -1]
+        edited_tokens = plain.generate(**gen_inputs, max_new_tokens=12, do_sample=False)
+    torch.testing.assert_close(edited, hooked, atol=2e-3, rtol=2e-3)
+    assert torch.equal(edited_tokens, hooked_tokens)
