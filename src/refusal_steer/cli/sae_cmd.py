@@ -99,7 +99,8 @@ def _cache_mix(model: str, points: list[str], out: Path, n_tokens: int, seed: in
 
     lm = load_model(model, device=device)
     sequences, skip = mix_token_lists(lm, n_tokens, split="train", seed=seed)
-    cache_token_activations(lm, sequences, [p.strip() for p in points], out, skip_tokens=skip, source="sae-mix:train", progress=progress)
+    # Small shards: an interrupted cache loses at most ~256 sequences of work.
+    cache_token_activations(lm, sequences, [p.strip() for p in points], out, skip_tokens=skip, shard_size=256, source="sae-mix:train", progress=progress)
     return out
 
 
@@ -108,17 +109,8 @@ def _epochs(shards, tokens: int):
     import itertools
     import math
 
-    rows = sum(_rows(path) for path in shards.files)
-    repeats = max(1, math.ceil(tokens / max(rows, 1)))
+    repeats = max(1, math.ceil(tokens / max(shards.n_rows, 1)))
     return lambda: itertools.chain.from_iterable(iter(shards) for _ in range(repeats))
-
-
-def _rows(path: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        keys = [k for k in f.keys() if k not in ("prompt_index", "token_index")]
-        return int(f.get_slice(keys[0]).get_shape()[0]) if keys else 0
 
 
 @sae_app.command("eval")

@@ -63,6 +63,16 @@ class ActivationShards:
             yield t.reshape(-1, t.shape[-1])
 
     @property
+    def n_rows(self) -> int:
+        """Activations across all shards (read from the headers, no tensor is loaded)."""
+        total = 0
+        for path in self.files:
+            with safe_open(str(path), framework="pt") as f:
+                shape = f.get_slice(self._pick(path, list(f.keys()))).get_shape()
+            total += int(torch.Size(shape[:-1]).numel())
+        return total
+
+    @property
     def d_in(self) -> int:
         """Width of the stored activations (read from the first shard's header)."""
         with safe_open(str(self.files[0]), framework="pt") as f:
