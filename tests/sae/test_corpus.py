@@ -124,5 +124,8 @@ def test_cli_train_from_model_then_eval(make_tiny_lm, mix: TokenMix, tmp_path: P
     assert manifest["complete"] and manifest["config"]["points"] == ["resid_pre.1", "resid_pre.0"]
     r = runner.invoke(app, ["sae", "eval", "--sae", str(out), "--model", "tiny", "--max-tokens", "300", "--no-progress", "--json"])
     assert r.exit_code == 0, r.output
+    assert "ce_recovered" in json.loads(r.output)
+    r = runner.invoke(app, ["sae", "eval", "--sae", str(out), "--model", "tiny", "--max-tokens", "300", "--no-progress", "--json", "--no-spliced"])
+    assert r.exit_code == 0, r.output
     metrics = json.loads(r.output)
     assert metrics["point"] == "resid_pre.1" and metrics["l0"] <= 8.0 and metrics["fvu"] < 1.0

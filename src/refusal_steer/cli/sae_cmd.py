@@ -122,6 +122,7 @@ def evaluate(
     max_tokens: int = typer.Option(None, help="Evaluate on at most this many tokens (with --model: default 20000)."),
     dense_threshold: float = typer.Option(0.1, help="Firing frequency above which a latent counts as dense."),
     device: str = typer.Option("cpu", help="torch device (with --model)."),
+    spliced: bool = typer.Option(True, "--spliced/--no-spliced", help="With --model: also splice the SAE in (CE recovered, KL; 4 full forwards per batch)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -135,7 +136,8 @@ def evaluate(
 
         lm = load_model(model, device=device)
         sae = load_sae(sae_path, d_model=lm.d_model).to(lm.device)
-        metrics = evaluate_on_model(lm, sae, point=point, n_tokens=max_tokens or 20_000, dense_threshold=dense_threshold, progress=not no_progress)
+        metrics = evaluate_on_model(lm, sae, point=point, n_tokens=max_tokens or 20_000, dense_threshold=dense_threshold,
+                                    spliced=spliced, progress=not no_progress)
     elif activations is not None:
         from ..sae.shards import ActivationShards
 
