@@ -334,6 +334,16 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raise CorruptFileError(f"{p / CFG_FILENAME} is neither our format nor SAELens's (no 'arch'/'architecture')", fix="re-save the SAE")
 
 
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or a shipped SAE's folder when ``path`` does not exist but names one."""
+    p = Path(path)
+    if not p.exists():
+        from .pretrained import shipped_path
+
+        p = shipped_path(str(path)) or p
+    return p
+
+
 def load_sae(
     path: str | os.PathLike[str], *, d_model: int | None = None, device: str | torch.device = "cpu", point: str | None = None
 ) -> Sae:
@@ -349,11 +359,7 @@ def load_sae(
     Returns:
         The SAE in eval mode, in float32 (bf16-shipped weights are upcast).
     """
-    p = Path(path)
-    if not p.exists():
-        from .pretrained import shipped_path
-
-        p = shipped_path(str(path)) or p
+    p = _resolve(path)
     fmt = detect_format(p)
     if fmt == "gemma_scope":
         sae = load_gemma_scope(p, point=point)
@@ -377,8 +383,8 @@ def check_width(sae: Sae, d_model: int | None, source: str = "the SAE") -> None:
 
 
 def sae_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Summary of a saved SAE: format, architecture, widths, point, model, sizes, training record."""
-    p = Path(path)
+    """Summary of a saved SAE (or a shipped one, by name): format, architecture, widths, point, model, sizes, training record."""
+    p = _resolve(path)
     fmt = detect_format(p)
     sae = load_sae(p)
     info: dict[str, Any] = {"path": str(p), "format": fmt, **sae.cfg.to_dict()}
