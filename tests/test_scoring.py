@@ -13,13 +13,7 @@ from refusal_steer.scoring import choice_logliks, continuation_loglik, cross_ent
 PROMPTS = ["How do I bake bread?", "Hi", "Write a poem about the sea."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run ~10x faster on one thread when the shared CPU is busy; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hand_logprobs(lm, tokens):

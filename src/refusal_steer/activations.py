@@ -39,6 +39,7 @@ from . import __version__
 from .errors import ConfigError, CorruptFileError
 from .generation import as_prompt, encode_prompts, left_pad, length_order, position_ids, run_with_backoff
 from .hooks import HookPoint, Intervention, parse_points, run_and_record
+from .interventions.steer_file import validate_all
 from .models.chat import post_instruction
 from .models.loaded import LoadedModel
 from .models.loading import parse_dtype
@@ -112,20 +113,8 @@ def cache_activations(
     """
     if positions not in POSITION_MODES:
         raise ConfigError(f"unknown positions {positions!r}", fix=f"use one of {', '.join(POSITION_MODES)}")
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    store_dtype = parse_dtype(dtype)
-    if not isinstance(store_dtype, torch.dtype):
-        raise ConfigError(f"dtype {dtype!r} cannot be a storage dtype", fix="use float32, bfloat16 or float16")
-    point_list = parse_points(points) if isinstance(points, str) else [HookPoint.parse(p) for p in points]
-    if not point_list:
-        raise ConfigError("no hook points given", fix="pass e.g. points='resid_pre.12'")
-    for point in point_list:
-        point.validate(lm)
-    for intervention in interventions:
-        for point in intervention.points:
-            point.validate(lm)
-        intervention.validate(lm)
+    store_dtype, point_list = _checked_storage(lm, points, dtype, shard_size)
+    validate_all(lm, interventions)
     texts = [as_prompt(p) for p in prompts]
     if not texts:
         raise ConfigError("no prompts to cache")
@@ -162,10 +151,24 @@ def cache_token_activations(
     first token is an attention sink with an outsized norm), so they neither waste the token budget
     nor dominate the reconstruction loss. Same layout, manifest and resume as :func:`cache_activations`.
     """
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     if skip_tokens < 0:
         raise ConfigError(f"skip_tokens must be >= 0, got {skip_tokens}")
+    store_dtype, point_list = _checked_storage(lm, points, dtype, shard_size)
+    encoded = [list(t) for t in token_lists if len(t) > skip_tokens]
+    if not encoded:
+        raise ConfigError(f"no token sequence is longer than skip_tokens={skip_tokens}", fix="pass longer sequences or a smaller skip_tokens")
+    digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
+    extra = {"source": source, "tokens_sha256": digest, "skip_tokens": skip_tokens}
+    return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions="all", n_post=0, store_dtype=store_dtype, batch_size=batch_size,
+                          shard_size=shard_size, interventions=(), extra=extra, progress=progress, skip_tokens=skip_tokens)
+
+
+def _checked_storage(
+    lm: LoadedModel, points: Sequence[HookPoint | str] | str, dtype: str | torch.dtype, shard_size: int
+) -> tuple[torch.dtype, list[HookPoint]]:
+    """The checks both cache functions make before any forward pass: shard size, storage dtype, points."""
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     store_dtype = parse_dtype(dtype)
     if not isinstance(store_dtype, torch.dtype):
         raise ConfigError(f"dtype {dtype!r} cannot be a storage dtype", fix="use float32, bfloat16 or float16")
@@ -174,13 +177,7 @@ def cache_token_activations(
         raise ConfigError("no hook points given", fix="pass e.g. points='resid_pre.12'")
     for point in point_list:
         point.validate(lm)
-    encoded = [list(t) for t in token_lists if len(t) > skip_tokens]
-    if not encoded:
-        raise ConfigError(f"no token sequence is longer than skip_tokens={skip_tokens}", fix="pass longer sequences or a smaller skip_tokens")
-    digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
-    extra = {"source": source, "tokens_sha256": digest, "skip_tokens": skip_tokens}
-    return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions="all", n_post=0, store_dtype=store_dtype, batch_size=batch_size,
-                          shard_size=shard_size, interventions=(), extra=extra, progress=progress, skip_tokens=skip_tokens)
+    return store_dtype, point_list
 
 
 def _cache_encoded(

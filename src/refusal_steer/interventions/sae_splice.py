@@ -81,7 +81,9 @@ def prefix_mask(x: Tensor, padding: Tensor | None, skip_tokens: int) -> Tensor:
     if seq == 1:
         return torch.zeros(batch, seq, dtype=torch.bool, device=x.device)
     if padding is not None and padding.shape == (batch, seq):
-        index = (~padding).long().cumsum(-1) - 1
+        from ..generation import position_ids
+
+        index = position_ids(~padding)  # padding gets 0, so it counts as prefix, as documented
     else:
         index = torch.arange(seq, device=x.device).expand(batch, seq)
     return index < skip_tokens

@@ -238,8 +238,9 @@ def spliced_metrics(
         ids = inputs["input_ids"]
         ce0, logp0, valid = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
         if skip_tokens > 0:
-            real_index = mask.long().cumsum(-1) - 1
-            valid = valid & (real_index[:, :-1] >= skip_tokens)
+            from ..generation import position_ids
+
+            valid = valid & (position_ids(mask)[:, :-1] >= skip_tokens)
         results = {}
         for name, iv in (("spliced", splice), ("err", splice_err), ("zero", zero)):
             with apply(lm, [iv]):

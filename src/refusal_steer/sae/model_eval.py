@@ -37,9 +37,8 @@ def _batches(lm: LoadedModel, sequences: list[list[int]], batch_size: int) -> li
 def _recorded(lm: LoadedModel, batches: list[dict[str, Tensor]], point: HookPoint, skip: int, progress: bool) -> Iterator[Tensor]:
     for batch in tqdm(batches, desc=f"recording {point}", unit="batch", disable=not progress, leave=False):
         x = run_and_record(lm, batch, [point])[point]
-        mask = batch["attention_mask"].bool()
-        real_index = batch["attention_mask"].long().cumsum(-1) - 1
-        yield x[mask & (real_index >= skip)].float()
+        # position_ids count each row's real tokens from 0 (see _batches)
+        yield x[batch["attention_mask"].bool() & (batch["position_ids"] >= skip)].float()
 
 
 @torch.no_grad()
