@@ -37,8 +37,9 @@ from torch import Tensor
 
 from . import __version__
 from .errors import ConfigError, CorruptFileError
-from .generation import as_prompt, encode_prompts, left_pad, length_order, position_ids, run_with_backoff
-from .hooks import HookPoint, Intervention, parse_points, run_and_record
+from .batching import record_batch
+from .generation import as_prompt, encode_prompts, length_order, run_with_backoff
+from .hooks import HookPoint, Intervention, parse_points
 from .interventions.steer_file import validate_all
 from .models.chat import post_instruction
 from .models.loaded import LoadedModel
@@ -277,10 +278,11 @@ def _cache_shard(
 
     def run(batch_indices: list[int]) -> dict[int, tuple[dict[HookPoint, Tensor], Tensor]]:
         lists = [encoded[i] for i in batch_indices]
-        batch = left_pad(lists, lm.tokenizer.pad_token_id, lm.device)
-        batch["position_ids"] = position_ids(batch["attention_mask"])
-        acts = run_and_record(lm, batch, points, extra=interventions)
-        width = batch["input_ids"].shape[1]
+        # The common prefix (chat template) is computed once unless the positions read include it.
+        keep = {"last": 1, "post_instruction": n_post}.get(positions, 1)
+        max_prefix = {"mean": 0, "all": skip_tokens}.get(positions)
+        acts = record_batch(lm, lists, points, interventions, keep=keep, max_prefix=max_prefix)
+        width = next(iter(acts.values())).shape[1]
         result = {}
         for row, index in enumerate(batch_indices):
             length = len(encoded[index])

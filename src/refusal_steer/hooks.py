@@ -107,13 +107,19 @@ class Positions:
     """Boolean masks ``(batch, seq)`` over the tokens of the current forward call.
 
     ``offset`` is how many positions were already in the KV cache before this call, so absolute
-    position ``offset + t`` is the t-th token of this call.
+    position ``offset + t`` is the t-th token of this call. ``prompt_before`` ``(batch,)`` counts each
+    row's prompt tokens among those cached positions (a shared prefix computed in an earlier call), so
+    explicit prompt indices count from the true start of the prompt; None means none.
     """
 
     prompt: Tensor
     generated: Tensor
     padding: Tensor
     offset: int
+    prompt_before: Tensor | None = None
+    prompt_after: int = 0
+    """Prompt tokens every row still has after this call (a shared prefix's call sets it), so indices
+    counted from the end of the prompt never land in the prefix."""
 
     @classmethod
     def all_prompt(cls, batch: int, seq: int, device: torch.device) -> Positions:
@@ -147,8 +153,10 @@ class _HookState:
     """Per-model state shared by the hooks of all installed interventions."""
 
     prompt_length: int | None = None
+    prompt_after: int = 0
     positions: Positions | None = None
     installs: int = 0
+    interventions: list[Any] = field(default_factory=list)
 
 
 def _state(lm: LoadedModel) -> _HookState:
@@ -163,6 +171,7 @@ class HookHandle:
 
     lm: LoadedModel
     handles: list[RemovableHandle] = field(default_factory=list)
+    interventions: list[Any] = field(default_factory=list)
     removed: bool = False
 
     def remove(self) -> None:
@@ -173,6 +182,11 @@ class HookHandle:
         self.handles.clear()
         self.removed = True
         state = _state(self.lm)
+        for intervention in self.interventions:
+            for i, installed in enumerate(state.interventions):
+                if installed is intervention:
+                    del state.interventions[i]
+                    break
         state.installs -= 1
         if state.installs <= 0:
             state.positions = None
@@ -204,7 +218,11 @@ def _compute_positions(state: _HookState, args: tuple, kwargs: dict) -> Position
     absolute = torch.arange(offset, offset + seq, device=device).unsqueeze(0)
     prompt_length = state.prompt_length if state.prompt_length is not None else (offset + seq if offset == 0 else 0)
     in_prompt = absolute < prompt_length
-    return Positions(prompt=in_prompt & ~padding, generated=~in_prompt & ~padding, padding=padding, offset=offset)
+    prompt_before = None
+    if offset and prompt_length and isinstance(mask, Tensor) and mask.dim() == 2:
+        prompt_before = mask[:, : min(offset, prompt_length)].ne(0).sum(dim=1)
+    return Positions(prompt=in_prompt & ~padding, generated=~in_prompt & ~padding, padding=padding, offset=offset,
+                     prompt_before=prompt_before, prompt_after=state.prompt_after)
 
 
 def _positions_for(state: _HookState, x: Tensor) -> Positions:
@@ -242,8 +260,9 @@ def install(lm: LoadedModel, interventions: Sequence[Intervention]) -> HookHandl
             point.validate(lm)
         intervention.validate(lm)
     state = _state(lm)
-    handle = HookHandle(lm=lm)
+    handle = HookHandle(lm=lm, interventions=list(interventions))
     state.installs += 1
+    state.interventions.extend(interventions)
     try:
         _register_all(lm, interventions, state, handle)
     except BaseException:
@@ -352,6 +371,24 @@ def prompt_boundary(lm: LoadedModel, prompt_length: int | None) -> Iterator[None
         yield
     finally:
         state.prompt_length = previous
+
+
+@contextmanager
+def prompt_continues(lm: LoadedModel, n_tokens: int) -> Iterator[None]:
+    """Tell the hooks that every row's prompt has at least ``n_tokens`` more tokens after this call
+    (used while a shared prefix is computed on its own)."""
+    state = _state(lm)
+    previous = state.prompt_after
+    state.prompt_after = n_tokens
+    try:
+        yield
+    finally:
+        state.prompt_after = previous
+
+
+def installed_interventions(lm: LoadedModel) -> list[Any]:
+    """The interventions installed on ``lm`` right now, in installation order."""
+    return list(_state(lm).interventions)
 
 
 class StopForward(Exception):

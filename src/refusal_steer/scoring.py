@@ -16,16 +16,19 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
-from .generation import as_prompt, encode_prompts, left_pad, length_order, position_ids, run_with_backoff
+from .batching import build_batch, forward, logits_to_keep
+from .generation import as_prompt, encode_prompts, length_order, run_with_backoff
 from .hooks import Intervention, apply
 from .models.loaded import LoadedModel
 
 
 def _last_logprobs(lm: LoadedModel, token_lists: Sequence[Sequence[int]], keep: int) -> Tensor:
-    """Log-softmax over the vocabulary at the last ``keep`` columns: (batch, keep, vocab) in float32 (float64 models keep float64)."""
-    batch = left_pad(token_lists, lm.tokenizer.pad_token_id, lm.device)
-    batch["position_ids"] = position_ids(batch["attention_mask"])
-    logits = lm.model(**batch, use_cache=False, logits_to_keep=keep).logits
+    """Log-softmax over the vocabulary at the last ``keep`` columns: (batch, keep, vocab) in float32 (float64 models keep float64).
+
+    The batch's common prefix (the chat template's system prompt) is computed once (:mod:`.batching`).
+    """
+    batch = build_batch(lm, token_lists, keep=keep)
+    logits = forward(lm, batch, **logits_to_keep(lm.model, keep)).logits
     return torch.log_softmax(logits[:, -keep:].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 

@@ -9,7 +9,9 @@ import torch
 
 from refusal_steer.directions.diff_in_means import MeanDiffs, difference_in_means
 from refusal_steer.directions.scores import kl_divergence, last_token_logprobs, refusal_log_odds
+from refusal_steer.batching import shared_prefix_length
 from refusal_steer.directions.screening import estimate_ablation_effects
+from refusal_steer.generation import encode_prompts
 from refusal_steer.directions.selection import SelectionConfig, select_direction
 from refusal_steer.errors import ConfigError
 from refusal_steer.hooks import HookPoint, Site, record
@@ -80,6 +82,18 @@ def test_screening_estimate_is_the_first_order_effect(make_tiny_lm, family):
         assert estimate[i].item() == pytest.approx(finite_difference.item(), rel=0.05, abs=1e-3)
 
 
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_screening_with_a_shared_prefix_equals_one_prompt_at_a_time(make_tiny_lm, family):
+    lm = make_tiny_lm(family)
+    lm.model.double()
+    direction = torch.randn(3, lm.d_model, dtype=torch.float64)
+    system = "Explain how a computer works: a processor runs instructions."
+    assert shared_prefix_length(lm, encode_prompts(lm, HARMFUL, system=system)) > 0
+    shared = estimate_ablation_effects(lm, HARMFUL, REFUSAL_IDS, direction, batch_size=len(HARMFUL), system=system)
+    single = estimate_ablation_effects(lm, HARMFUL, REFUSAL_IDS, direction, batch_size=1, system=system)
+    torch.testing.assert_close(shared, single, rtol=1e-6, atol=1e-8)
+
+
 def test_kl_is_zero_for_identical_and_positive_otherwise():
     logprobs = torch.log_softmax(torch.randn(3, 10), dim=-1)
     assert torch.allclose(kl_divergence(logprobs, logprobs), torch.zeros(3), atol=1e-6)
@@ -131,3 +145,15 @@ def test_relaxed_rule_when_nothing_induces_refusal(make_tiny_lm):
     with pytest.raises(Exception, match="no candidate"):
         select_direction(lm, diffs, HARMFUL[:2], HARMLESS[:2], REFUSAL_IDS,
                          SelectionConfig(**{**config.__dict__, "relax_induce": False}), progress=False)
+
+
+def test_actadd_calibration_stops_once_the_score_falls(make_tiny_lm, monkeypatch):
+    import refusal_steer.directions.selection as selection_module
+
+    lm = make_tiny_lm("qwen2")
+    scores = iter([-3.0, -1.0, -2.0, 5.0])  # rises, peaks at coef 2, falls: coef 4 is never tried
+    monkeypatch.setattr(selection_module, "refusal_log_odds", lambda *_: torch.tensor([next(scores)]))
+    config = SelectionConfig(actadd_coefs=(1.0, 2.0, 3.0, 4.0), batch_size=2)
+    coef, tries = selection_module.calibrate_actadd(lm, torch.randn(lm.d_model), 1, HARMLESS[:2], REFUSAL_IDS, config)
+    assert [t["coef"] for t in tries] == [1.0, 2.0, 3.0]
+    assert coef == 2.0

@@ -84,7 +84,7 @@ def eval_command(
     judge: str = typer.Option("substring", help="Refusal judge: substring, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE, e.g. refusal_label=LABEL_1 or base_url=http://localhost:8000/v1."),
     max_new_tokens: int = typer.Option(None, min=1, help="Tokens generated per answer. Default: 64 for refusal, 256 for gsm8k."),
-    batch_size: int = typer.Option(8, min=1, help="Prompts per batch (halved automatically on out-of-memory)."),
+    batch_size: int = typer.Option(32, min=1, help="Prompts per batch (halved automatically on out-of-memory)."),
     seed: int = typer.Option(0, help="Seed of the split, the subset and the bootstrap."),
     ci: str = typer.Option("wilson", help="Interval for rates: wilson or bootstrap (KL always uses the bootstrap)."),
     dtype: str = typer.Option(None, help="float32, bfloat16, float16 or auto."),

@@ -42,7 +42,7 @@ def generate_cmd(
     split: str = typer.Option(None, "--split", help="Only this split of the dataset: train, val or test."),
     seed: int = typer.Option(0, "--seed", help="Seed of the dataset split/subsample and of sampling."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Generation budget per prompt."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Prompts per batch (halved on out-of-memory)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="Prompts per batch (halved on out-of-memory)."),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (with --sample)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --sample)."),

@@ -16,8 +16,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError, EmptyDatasetError, ShapeMismatchError
-from ..hooks import HookPoint, Site, run_and_record
-from ..generation import encode_prompts, left_pad, length_order, position_ids
+from ..batching import record_batch
+from ..hooks import HookPoint, Site
+from ..generation import encode_prompts, length_order
 from ..models import LoadedModel, post_instruction
 
 CANDIDATES_FILENAME = "candidates.safetensors"
@@ -102,9 +103,7 @@ def mean_activations(
         chunk = [encoded[i] for i in order[start : start + batch_size]]
         if min(len(tokens) for tokens in chunk) < n_positions:
             raise ShapeMismatchError(f"prompts are shorter than the {n_positions} post-instruction positions")
-        inputs = left_pad(chunk, lm.tokenizer.pad_token_id, lm.device)
-        inputs["position_ids"] = position_ids(inputs["attention_mask"])
-        acts = run_and_record(lm, inputs, points)
+        acts = record_batch(lm, chunk, points, keep=n_positions)  # the template prefix is computed once
         stacked = torch.stack([acts[p][:, -n_positions:, :] for p in points], dim=2)  # (batch, pos, layer, d)
         total += stacked.sum(dim=0).to(torch.float64).cpu()
     return (total / len(encoded)).to(torch.float32), positions

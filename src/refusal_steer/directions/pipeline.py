@@ -48,6 +48,9 @@ class DirectionConfig:
     seed: int = 0
     """Seed of the deterministic splits and samples."""
     batch_size: int = 16
+    """Prompts per forward pass (difference-in-means, selection)."""
+    generation_batch_size: int = 64
+    """Prompts per generation batch (the refusal-token probe); larger batches decode faster."""
     judge: str = "substring"
     """Judge used to find refusal tokens."""
     system: str | None = None
@@ -57,7 +60,7 @@ class DirectionConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_token_probe", "batch_size"):
+        for name in ("n_train", "n_val", "n_token_probe", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -125,7 +128,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         else:
             found = find_refusal_tokens(
                 lm, prompts["harmful_train"][: config.n_token_probe], prompts["harmless_train"][: config.n_token_probe],
-                judge=config.judge, batch_size=config.batch_size, progress=progress,
+                judge=config.judge, batch_size=config.generation_batch_size, progress=progress,
             )
             refusal_tokens = {**found.to_json(), "source": "discovered"}
         write_json(tokens_file, refusal_tokens)

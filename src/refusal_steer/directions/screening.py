@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..hooks import HookCall, HookPoint, Site, apply, prompt_boundary
+from ..hooks import HookCall, HookPoint, Site, apply
 from ..interventions import residual_writes
-from ..generation import encode_prompts, left_pad, position_ids
+from ..batching import build_batch, forward
+from ..generation import encode_prompts
 from ..models import LoadedModel
 from .scores import _accepts_logits_to_keep, refusal_log_odds
 
@@ -88,17 +89,22 @@ def estimate_ablation_effects(
         batches = range(0, len(encoded), batch_size)
         for start in tqdm(batches, desc="screening candidates (forward+backward)", unit="batch", disable=not progress):
             capture = _GradCapture(points)
-            inputs = left_pad(encoded[start : start + batch_size], lm.tokenizer.pad_token_id, lm.device)
-            inputs["position_ids"] = position_ids(inputs["attention_mask"])
-            with torch.enable_grad(), apply(lm, [capture]), prompt_boundary(lm, inputs["input_ids"].shape[1]):
-                logits = lm.model(**inputs, use_cache=False, **extra).logits[:, -1, :]
+            with torch.enable_grad(), apply(lm, [capture]):
+                # The shared template prefix runs once with its graph kept: its cache is repeated over
+                # the batch, so its writes receive the gradient summed over rows, which is what the sum
+                # over prompts below needs.
+                batch = build_batch(lm, encoded[start : start + batch_size], grad=True)
+                logits = forward(lm, batch, **extra).logits[:, -1, :]
                 scores = refusal_log_odds_differentiable(torch.log_softmax(logits, dim=-1), refusal_token_ids)
                 scores.sum().backward()
+            suffix_mask = batch.attention_mask[:, batch.prefix_length:]
             for write in capture.writes:
                 if write.grad is None:
                     continue
                 r = units.to(device=write.device, dtype=write.dtype)
-                mask = inputs["attention_mask"].unsqueeze(-1).to(write.dtype)
+                # Prefix writes have one row and no padding; the batch's writes are masked.
+                in_prefix = write.shape[0] != suffix_mask.shape[0]  # sharing needs >= 2 rows, the prefix has 1
+                mask = torch.ones_like(write[..., :1]) if in_prefix else suffix_mask.unsqueeze(-1).to(write.dtype)
                 proj_x = (write.detach() * mask) @ r.T  # (batch, seq, n_candidates)
                 proj_g = write.grad @ r.T
                 total -= (proj_x * proj_g).sum(dim=(0, 1)).double().cpu()

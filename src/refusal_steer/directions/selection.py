@@ -285,7 +285,8 @@ def calibrate_actadd(
     too short to induce refusal, so we search upward on the validation prompts and report every try.
     When none reaches the target, returns the coefficient with the highest score: past some norm the
     addition pushes activations off-distribution and refusal log-odds fall again, so "the largest" would
-    be the worst choice.
+    be the worst choice. For the same reason the search stops at the first coefficient that scores
+    lower than the previous one (the peak has been passed; larger ones only fall further).
     """
     tries: list[dict] = []
     for coef in config.actadd_coefs:
@@ -296,6 +297,8 @@ def calibrate_actadd(
         logger.info("activation addition coef %.2f: harmless refusal log-odds %.3f", coef, score)
         if score > config.actadd_target:
             return coef, tries
+        if len(tries) >= 2 and score < tries[-2]["induce"]:
+            break
     if not tries:
         return 1.0, tries
     best = max(tries, key=lambda t: t["induce"])

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..generation import left_pad, position_ids, length_order, run_with_backoff
+from ..batching import build_batch, forward, logits_to_keep
+from ..generation import length_order, run_with_backoff
 from ..hooks import Intervention, apply
 from ..models.loaded import LoadedModel
 
@@ -28,11 +29,9 @@ def forward_padded(lm: LoadedModel, token_lists: Sequence[Sequence[int]], keep: 
     the unembedding is a quarter of a 0.5B model's compute, and multiple choice needs one column.
     Returns ``(batch, keep or seq, vocab)``.
     """
-    batch = left_pad(token_lists, lm.tokenizer.pad_token_id, lm.device)
-    mask = batch["attention_mask"]
-    kwargs = {"logits_to_keep": keep} if keep > 0 else {}
-    out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids(mask), use_cache=False, **kwargs)
-    logits = out.logits
+    kwargs = logits_to_keep(lm.model, keep) if keep > 0 else {}
+    batch = build_batch(lm, token_lists, keep=keep, share_prefix=keep > 0)
+    logits = forward(lm, batch, **kwargs).logits
     return (logits[:, -keep:] if keep > 0 else logits).float()
 
 

@@ -77,9 +77,11 @@ def _build(spec: PositionSpec, positions: Positions) -> Tensor | None:
     if spec == "generated":
         return positions.generated
     prompt = positions.prompt
-    # Index of each prompt token among its row's prompt tokens, from the start and from the end.
-    from_start = prompt.cumsum(dim=1) - 1
-    from_end = from_start - prompt.sum(dim=1, keepdim=True)
+    # Index of each prompt token among its row's prompt tokens, from the start and from the end;
+    # prompt tokens computed in an earlier call (a shared prefix in the KV cache) count too.
+    before = positions.prompt_before.unsqueeze(1) if positions.prompt_before is not None else 0
+    from_start = prompt.cumsum(dim=1) - 1 + before
+    from_end = from_start - prompt.sum(dim=1, keepdim=True) - before - positions.prompt_after
     mask = torch.zeros_like(prompt)
     for index in spec:  # type: ignore[union-attr]
         mask |= (from_end if index < 0 else from_start).eq(index)
