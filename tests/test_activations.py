@@ -21,25 +21,30 @@ POINTS = ["resid_pre.1", "mlp_out.0"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _unpadded(lm, point, extra=()):
+SYSTEM = "Explain how a computer works: a processor runs instructions."  # a long common prefix: shared batches
+
+
+def _unpadded(lm, point, extra=(), system=None):
     """Per prompt, the (seq, d) activation from a plain forward pass of that prompt alone."""
     from refusal_steer.hooks import apply
 
     out = []
-    for tokens in encode_prompts(lm, PROMPTS):
+    for tokens in encode_prompts(lm, PROMPTS, system=system):
         with torch.no_grad(), apply(lm, list(extra)), record(lm, [point]) as rec:
             lm.model(torch.tensor([tokens]))
         out.append(rec[point][0])
     return out
 
 
+@pytest.mark.parametrize("system", [None, SYSTEM])
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
-def test_all_position_modes_match_unpadded_forward(make_tiny_lm, tmp_path, family):
+def test_all_position_modes_match_unpadded_forward(make_tiny_lm, tmp_path, family, system):
     lm = make_tiny_lm(family)
-    reference = {p: _unpadded(lm, p) for p in POINTS}
-    k = post_instruction(lm.tokenizer).n_positions
+    reference = {p: _unpadded(lm, p, system=system) for p in POINTS}
+    k = post_instruction(lm.tokenizer, system=system).n_positions
     for mode in ("last", "post_instruction", "all", "mean"):
-        manifest = cache_activations(lm, PROMPTS, ",".join(POINTS), tmp_path / mode, positions=mode, batch_size=2, shard_size=2, progress=False)
+        manifest = cache_activations(lm, PROMPTS, ",".join(POINTS), tmp_path / mode, positions=mode, batch_size=2, shard_size=2,
+                                     system=system, progress=False)
         assert manifest["complete"] and len(manifest["shards"]) == 3
         for point in POINTS:
             got = load_activations(tmp_path / mode, point)
@@ -53,7 +58,7 @@ def test_all_position_modes_match_unpadded_forward(make_tiny_lm, tmp_path, famil
                 expected = torch.stack([r.mean(0) for r in reference[point]])
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     _, prompt_index, token_index = next(iter_shards(tmp_path / "all", POINTS[0], with_index=True))
-    lengths = [len(t) for t in encode_prompts(lm, PROMPTS[:2])]
+    lengths = [len(t) for t in encode_prompts(lm, PROMPTS[:2], system=system)]
     assert prompt_index.tolist() == [0] * lengths[0] + [1] * lengths[1]
     assert token_index.tolist() == list(range(lengths[0])) + list(range(lengths[1]))
 

@@ -86,6 +86,7 @@ def cache_activations(
     system: str | None = None,
     interventions: Sequence[Intervention] = (),
     source: str | None = None,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the prompts and stream the activations at ``points`` to shards in ``out_dir``.
@@ -102,6 +103,8 @@ def cache_activations(
         system: optional system prompt.
         interventions: steer installed while caching (the recorder sees its effect).
         source: a label for the prompts (e.g. the dataset name), recorded in the manifest.
+        share_prefix: compute each batch's common prefix (the chat template's system prompt) once
+            (:mod:`refusal_steer.batching`); unused for ``positions="mean"``, which reads it.
         progress: show a progress bar in tokens/s.
 
     Returns:
@@ -129,7 +132,8 @@ def cache_activations(
                 raise ConfigError(f"prompt {i} does not end with the post-instruction tokens", fix="use positions=last for conversations that end mid-turn")
     extra = {"system": system, "source": source, "prompts_sha256": _prompts_sha256(texts)}
     return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions=positions, n_post=n_post, store_dtype=store_dtype,
-                          batch_size=batch_size, shard_size=shard_size, interventions=interventions, extra=extra, progress=progress)
+                          batch_size=batch_size, shard_size=shard_size, interventions=interventions, extra=extra, progress=progress,
+                          share_prefix=share_prefix)
 
 
 def cache_token_activations(
@@ -143,6 +147,7 @@ def cache_token_activations(
     batch_size: int = 8,
     shard_size: int = 1024,
     source: str | None = None,
+    share_prefix: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Cache every token's activation (``positions="all"``) for already-tokenised sequences.
@@ -150,7 +155,8 @@ def cache_token_activations(
     This is the input path of SAE training (:mod:`refusal_steer.sae.corpus` builds the token mix).
     ``skip_tokens`` drops each sequence's first tokens (a chat template's fixed system prefix, whose
     first token is an attention sink with an outsized norm), so they neither waste the token budget
-    nor dominate the reconstruction loss. Same layout, manifest and resume as :func:`cache_activations`.
+    nor dominate the reconstruction loss. Same layout, manifest and resume as :func:`cache_activations`;
+    with ``share_prefix`` a batch's common prefix, up to ``skip_tokens``, is computed once.
     """
     if skip_tokens < 0:
         raise ConfigError(f"skip_tokens must be >= 0, got {skip_tokens}")
@@ -161,7 +167,8 @@ def cache_token_activations(
     digest = hashlib.sha256(json.dumps(encoded).encode()).hexdigest()
     extra = {"source": source, "tokens_sha256": digest, "skip_tokens": skip_tokens}
     return _cache_encoded(lm, encoded, point_list, Path(out_dir), positions="all", n_post=0, store_dtype=store_dtype, batch_size=batch_size,
-                          shard_size=shard_size, interventions=(), extra=extra, progress=progress, skip_tokens=skip_tokens)
+                          shard_size=shard_size, interventions=(), extra=extra, progress=progress, skip_tokens=skip_tokens,
+                          share_prefix=share_prefix)
 
 
 def _checked_storage(
@@ -196,6 +203,7 @@ def _cache_encoded(
     extra: dict[str, Any],
     progress: bool,
     skip_tokens: int = 0,
+    share_prefix: bool = True,
 ) -> dict[str, Any]:
     """Shared body of the two cache functions: manifest, resume, shards."""
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +235,8 @@ def _cache_encoded(
     with tqdm(total=total_tokens, desc="caching activations", unit="tok", unit_scale=True, disable=not progress, leave=False) as bar:
         for s in todo:
             start, stop = s * shard_size, min(len(encoded), (s + 1) * shard_size)
-            tensors = _cache_shard(lm, encoded, range(start, stop), point_list, positions, n_post, store_dtype, batch_size, interventions, bar, skip_tokens)
+            tensors = _cache_shard(lm, encoded, range(start, stop), point_list, positions, n_post, store_dtype, batch_size, interventions, bar,
+                                   skip_tokens, share_prefix)
             _write_shard(out / _shard_name(s), tensors, {"start": str(start), "stop": str(stop)})
             manifest["shards"].append({"file": _shard_name(s), "start": start, "stop": stop, "rows": int(tensors[PROMPT_INDEX].shape[0])})
             manifest["shards"].sort(key=lambda e: e["start"])
@@ -271,6 +280,7 @@ def _cache_shard(
     interventions: Sequence[Intervention],
     bar: Any,
     skip_tokens: int = 0,
+    share_prefix: bool = True,
 ) -> dict[str, Tensor]:
     """Activations for prompts ``indices``, rows in prompt order."""
     per_prompt: dict[int, tuple[dict[HookPoint, Tensor], Tensor]] = {}
@@ -281,7 +291,7 @@ def _cache_shard(
         # The common prefix (chat template) is computed once unless the positions read include it.
         keep = {"last": 1, "post_instruction": n_post}.get(positions, 1)
         max_prefix = {"mean": 0, "all": skip_tokens}.get(positions)
-        acts = record_batch(lm, lists, points, interventions, keep=keep, max_prefix=max_prefix)
+        acts = record_batch(lm, lists, points, interventions, share_prefix=share_prefix, keep=keep, max_prefix=max_prefix)
         width = next(iter(acts.values())).shape[1]
         result = {}
         for row, index in enumerate(batch_indices):

@@ -54,6 +54,8 @@ class DemoConfig:
     seed: int = 0
     judge: str = "substring"
     screen_top_k: int = 16
+    n_token_probe: int = 32
+    """Prompts per class whose greedy completions reveal the refusal tokens."""
     actadd_coef: float | None = None
     """Activation-addition coefficient; None uses the one calibrated during selection."""
     refusal_token_ids: tuple[int, ...] | None = None
@@ -63,7 +65,8 @@ class DemoConfig:
     def quick(cls, **overrides: Any) -> DemoConfig:
         # 16 new tokens: on the quick run's 192 completions the substring judge gives the same verdict
         # on the first 16 tokens as on the first 24 for 191 (docs/results.md); decoding is most of its time.
-        return cls(**{"n_train": 64, "n_val": 16, "n_eval": 32, "max_new_tokens": 16, "screen_top_k": 8, **overrides})
+        return cls(**{"n_train": 64, "n_val": 16, "n_eval": 32, "max_new_tokens": 16, "screen_top_k": 8,
+                      "n_token_probe": 16, **overrides})
 
 
 @dataclass
@@ -98,7 +101,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     direction_config = DirectionConfig(
         harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, n_val=config.n_val, seed=config.seed,
         batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, judge=config.judge,
-        refusal_token_ids=config.refusal_token_ids,
+        refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)

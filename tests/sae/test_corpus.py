@@ -129,3 +129,19 @@ def test_cli_train_from_model_then_eval(make_tiny_lm, mix: TokenMix, tmp_path: P
     assert r.exit_code == 0, r.output
     metrics = json.loads(r.output)
     assert metrics["point"] == "resid_pre.1" and metrics["l0"] <= 8.0 and metrics["fvu"] < 1.0
+
+
+def test_cache_token_activations_shares_the_skipped_prefix(make_tiny_lm, tmp_path: Path) -> None:
+    from refusal_steer.batching import shared_prefix_length
+
+    lm = make_tiny_lm("qwen2")
+    seqs = encode_prompts(lm, ["How do I bake bread?", "Write a poem about the sea.", "Hi"],
+                          system="Explain how a computer works: a processor runs instructions.")
+    skip = 20
+    assert shared_prefix_length(lm, seqs, max_prefix=skip) == skip  # the batch shares the whole skipped prefix
+    for share in (True, False):
+        cache_token_activations(lm, seqs, "resid_pre.2", tmp_path / str(share), skip_tokens=skip, batch_size=3,
+                                share_prefix=share, progress=False)
+    shared, plain = (load_activations(tmp_path / str(share), "resid_pre.2") for share in (True, False))
+    assert shared.shape == (sum(len(s) - skip for s in seqs), lm.d_model)
+    torch.testing.assert_close(shared, plain, rtol=1e-4, atol=1e-5)
