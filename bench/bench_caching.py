@@ -5,7 +5,9 @@ float32, CPU; TransformerLens gets the same weights converted with its own Qwen2
 chat-formatted prompts and the same left-padded batches, and caches one layer's residual stream
 (``resid_pre.LAYER`` = TL ``blocks.LAYER.hook_resid_pre`` = nnsight ``model.layers[LAYER].input``) at
 the last prompt token. ``*_stop`` variants use each tool's own early exit (TL ``stop_at_layer``,
-nnsight ``tracer.stop()``), as refusal-steer stops after the deepest requested point. Throughput counts non-padding prompt tokens per second of the caching loop
+nnsight ``tracer.stop()``), as refusal-steer stops after the deepest requested point. refusal-steer
+computes each batch's common chat-template prefix once (``refusal_steer.batching``);
+``refusal_steer_noshare`` turns that off, to show what it contributes. Throughput counts non-padding prompt tokens per second of the caching loop
 (model loading excluded). Peak memory is the process's peak RSS during the caching loop (VmHWM
 reset after loading via /proc/self/clear_refs) and, separately, over the whole process.
 
@@ -29,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _prompts import bench_prompts  # noqa: E402
 
-TOOLS = ("refusal_steer", "transformer_lens", "transformer_lens_stop", "nnsight", "nnsight_stop")
+TOOLS = ("refusal_steer", "refusal_steer_noshare", "transformer_lens", "transformer_lens_stop", "nnsight", "nnsight_stop")
 
 
 def _rss_kib(field: str) -> int:
@@ -65,13 +67,15 @@ def child(tool: str, n: int, batch_size: int, layer: int, threads: int) -> dict:
         batches.append(batch)
     n_tokens = sum(len(t) for t in encoded)
     run = None
-    if tool == "refusal_steer":
+    if tool.startswith("refusal_steer"):
         from refusal_steer.activations import cache_activations, load_activations
 
         out_dir = tempfile.mkdtemp(prefix="bench-acts-")
+        share = tool == "refusal_steer"  # _noshare: the chat template's common prefix recomputed in every row, as the others do
 
         def run() -> None:
-            cache_activations(lm, prompts, f"resid_pre.{layer}", out_dir, positions="last", batch_size=batch_size, progress=False)
+            cache_activations(lm, prompts, f"resid_pre.{layer}", out_dir, positions="last", batch_size=batch_size, progress=False,
+                              share_prefix=share)
             assert load_activations(out_dir, f"resid_pre.{layer}").shape == (n, lm.d_model)
     elif tool.startswith("transformer_lens"):
         model = _transformer_lens(lm)
