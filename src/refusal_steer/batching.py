@@ -85,7 +85,8 @@ def logits_to_keep(model: torch.nn.Module, keep: int) -> dict[str, int]:
     return {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask`` tensors of shape (batch, max_len)."""
     width = max(len(t) for t in token_lists)
     ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(token_lists), width), dtype=torch.long)
@@ -93,11 +94,16 @@ def _left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.d
         if tokens:
             ids[row, width - len(tokens):] = torch.tensor(list(tokens), dtype=torch.long)
             mask[row, width - len(tokens):] = 1
-    return ids.to(device), mask.to(device)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def _positions(mask: Tensor) -> Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids that start at 0 on each row's first real token (what ``model.generate`` derives).
+
+    A plain forward pass over a left-padded batch needs them: without them absolute-position models
+    (GPT-2) would see every row shifted by its padding.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def sliding_window(lm: LoadedModel) -> int | None:
@@ -174,24 +180,26 @@ def build_batch(
     pad_id = lm.tokenizer.pad_token_id
     length = shared_prefix_length(lm, token_lists, keep=keep, max_prefix=max_prefix, extra_tokens=extra_tokens) if share_prefix else 0
     if length == 0:
-        ids, mask = _left_pad(token_lists, pad_id, device)
-        return Batch(input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+        padded = left_pad(token_lists, pad_id, device)
+        mask = padded["attention_mask"]
+        return Batch(input_ids=padded["input_ids"], attention_mask=mask, position_ids=position_ids(mask))
     from transformers import DynamicCache
 
     cache = DynamicCache(config=lm.model.config)
     prefix = torch.tensor([list(token_lists[0][:length])], dtype=torch.long, device=device)
-    ids, suffix_mask = _left_pad([t[length:] for t in token_lists], pad_id, device)
+    suffix = left_pad([t[length:] for t in token_lists], pad_id, device)
+    ids, suffix_mask = suffix["input_ids"], suffix["attention_mask"]
     mask = torch.cat([torch.ones(len(token_lists), length, dtype=torch.long, device=device), suffix_mask], dim=1)
     stopper = [Recorder((stop_after,), stop_after_last=True)] if stop_after is not None else []
     min_suffix = min(len(t) for t in token_lists) - length
     with prompt_boundary(lm, length + ids.shape[1]), prompt_continues(lm, min_suffix), apply(lm, stopper), torch.set_grad_enabled(grad):
         try:
-            lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=_positions(torch.ones_like(prefix)),
+            lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=position_ids(torch.ones_like(prefix)),
                      past_key_values=cache, use_cache=True, **logits_to_keep(lm.model, 1))
         except StopForward:
             pass
     cache.batch_repeat_interleave(len(token_lists))
-    return Batch(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, length:], prefix_length=length, past_key_values=cache)
+    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, length:], prefix_length=length, past_key_values=cache)
 
 
 def forward(lm: LoadedModel, batch: Batch, **kwargs: Any) -> Any:

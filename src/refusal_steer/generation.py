@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .batching import build_batch
+from .batching import build_batch, left_pad, position_ids  # noqa: F401  (left_pad, position_ids: re-exported, long-standing API)
 from .errors import ConfigError, ResourceExhaustedError
 from .hooks import Intervention, apply, prompt_boundary
 from .models.chat import PromptLike, format_chat, tokenize_exact
@@ -74,27 +74,6 @@ def as_prompt(item: Any) -> PromptLike:
 def encode_prompts(lm: LoadedModel, prompts: Iterable[Any], *, system: str | None = None) -> list[list[int]]:
     """Chat-format and tokenise each prompt (no second BOS: the template brings its own)."""
     return [tokenize_exact(lm.tokenizer, format_chat(lm.tokenizer, as_prompt(p), system=system)) for p in prompts]
-
-
-def left_pad(token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    """Left-pad token lists into ``input_ids`` and ``attention_mask`` tensors of shape (batch, max_len)."""
-    width = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
-    for row, tokens in enumerate(token_lists):
-        if tokens:
-            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, width - len(tokens):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Position ids that start at 0 on each row's first real token (what ``model.generate`` derives).
-
-    A plain forward pass over a left-padded batch needs them: without them absolute-position models
-    (GPT-2) would see every row shifted by its padding.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
