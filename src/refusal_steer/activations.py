@@ -285,12 +285,12 @@ def _cache_shard(
     """Activations for prompts ``indices``, rows in prompt order."""
     per_prompt: dict[int, tuple[dict[HookPoint, Tensor], Tensor]] = {}
     order = [indices[i] for i in length_order([len(encoded[i]) for i in indices])]
+    # The common prefix (chat template) is computed once unless the positions read include it.
+    keep = {"last": 1, "post_instruction": n_post}.get(positions, 1)
+    max_prefix = {"mean": 0, "all": skip_tokens}.get(positions)
 
     def run(batch_indices: list[int]) -> dict[int, tuple[dict[HookPoint, Tensor], Tensor]]:
         lists = [encoded[i] for i in batch_indices]
-        # The common prefix (chat template) is computed once unless the positions read include it.
-        keep = {"last": 1, "post_instruction": n_post}.get(positions, 1)
-        max_prefix = {"mean": 0, "all": skip_tokens}.get(positions)
         acts = record_batch(lm, lists, points, interventions, share_prefix=share_prefix, keep=keep, max_prefix=max_prefix)
         width = next(iter(acts.values())).shape[1]
         result = {}

@@ -54,8 +54,13 @@ class Batch:
     input_ids: Tensor
     attention_mask: Tensor
     position_ids: Tensor
-    prefix_length: int = 0
+    prefix_ids: Tensor | None = None
+    """``(1, prefix_length)``: the shared prefix's tokens, already in ``past_key_values``."""
     past_key_values: Any = None
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix_ids is None else int(self.prefix_ids.shape[1])
 
     @property
     def total_width(self) -> int:
@@ -71,12 +76,11 @@ class Batch:
             inputs["use_cache"] = False
         return inputs
 
-    def generate_inputs(self, prefix_tokens: Sequence[int]) -> dict[str, Any]:
+    def generate_inputs(self) -> dict[str, Any]:
         """Keyword arguments for ``model.generate``: full ``input_ids`` (prefix included) and the filled cache."""
-        if self.past_key_values is None:
+        if self.prefix_ids is None:
             return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        prefix = torch.tensor([list(prefix_tokens)], dtype=self.input_ids.dtype, device=self.input_ids.device)
-        ids = torch.cat([prefix.expand(self.input_ids.shape[0], -1), self.input_ids], dim=1)
+        ids = torch.cat([self.prefix_ids.expand(self.input_ids.shape[0], -1), self.input_ids], dim=1)
         return {"input_ids": ids, "attention_mask": self.attention_mask, "past_key_values": self.past_key_values}
 
 
@@ -199,7 +203,7 @@ def build_batch(
         except StopForward:
             pass
     cache.batch_repeat_interleave(len(token_lists))
-    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, length:], prefix_length=length, past_key_values=cache)
+    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, length:], prefix_ids=prefix, past_key_values=cache)
 
 
 def forward(lm: LoadedModel, batch: Batch, **kwargs: Any) -> Any:
@@ -218,7 +222,7 @@ def record_batch(
     """
     recorder = Recorder(tuple(points), stop_after_last=True)
     with apply(lm, list(extra)), torch.no_grad():
-        batch = build_batch(lm, token_lists, share_prefix=share_prefix, keep=keep, max_prefix=max_prefix, stop_after=recorder._last())
+        batch = build_batch(lm, token_lists, share_prefix=share_prefix, keep=keep, max_prefix=max_prefix, stop_after=recorder.deepest)
         with apply(lm, [recorder]):
             try:
                 forward(lm, batch)

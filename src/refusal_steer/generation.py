@@ -14,6 +14,7 @@ against (an empty intervention list reproduces its tokens), it knows every famil
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -102,7 +103,8 @@ def run_with_backoff(
     position = 0
     # Equal batches: 100 items at batch size 64 run as 2 x 50, not 64 + 36 (same number of forward
     # calls, smaller ones; in generation every call of a batch costs as much as its longest row).
-    size = -(-len(items) // max(1, -(-len(items) // batch_size))) if items else batch_size
+    n_batches = max(1, math.ceil(len(items) / batch_size))
+    size = max(1, math.ceil(len(items) / n_batches))
     while position < len(items):
         indices = list(items[position:position + size])
         try:
@@ -215,7 +217,7 @@ def generate(
         # With the KV cache on, the prompts' common prefix (the chat template's system prompt) is
         # computed once and its cache repeated over the batch; the tokens are the same (tested).
         batch = build_batch(lm, lists, share_prefix=use_cache and share_prefix, extra_tokens=max_new_tokens)
-        inputs = batch.generate_inputs(lists[0][: batch.prefix_length])
+        inputs = batch.generate_inputs()
         width = inputs["input_ids"].shape[1]
         with prompt_boundary(lm, width):
             out = lm.model.generate(**inputs, **kwargs)

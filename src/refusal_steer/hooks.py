@@ -417,13 +417,15 @@ class Recorder:
         if not self.record_points:
             raise HookPointError("no hook points to record", fix="pass at least one point, e.g. resid_pre.12")
 
-    def _last(self) -> HookPoint:
+    @property
+    def deepest(self) -> HookPoint:
+        """The point the forward pass reaches last (where ``stop_after_last`` stops it)."""
         order = {Site.RESID_PRE: 0, Site.HEAD_OUT: 1, Site.ATTN_OUT: 2, Site.MLP_OUT: 3, Site.RESID_POST: 4}
         return max(self.record_points, key=lambda p: (p.layer, order[p.site], p.head or 0))
 
     def __call__(self, x: Tensor, call: HookCall) -> Tensor:
         self.store[call.point].append(x.detach())
-        if self.stop_after_last and call.point == self._last() and all(p in self.store for p in self.record_points):
+        if self.stop_after_last and call.point == self.deepest and all(p in self.store for p in self.record_points):
             raise StopForward
         return x
 

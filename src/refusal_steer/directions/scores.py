@@ -7,7 +7,6 @@ one forward pass (no generation), which makes scoring many candidate directions 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -18,10 +17,6 @@ from ..models import LoadedModel
 from ..scoring import next_token_logprobs
 
 _EPS = 1e-8
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def last_token_logprobs(

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from ..hooks import HookCall, HookPoint, Site, apply
 from ..interventions import residual_writes
-from ..batching import build_batch, forward
+from ..batching import build_batch, forward, logits_to_keep
 from ..generation import encode_prompts
 from ..models import LoadedModel
-from .scores import _accepts_logits_to_keep, refusal_log_odds
+from .scores import refusal_log_odds
 
 
 @dataclass
@@ -82,7 +82,7 @@ def estimate_ablation_effects(
     """
     units = directions.float() / directions.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
     encoded = encode_prompts(lm, prompts, system=system)
-    extra = {"logits_to_keep": 1} if _accepts_logits_to_keep(lm.model) else {}
+    extra = logits_to_keep(lm.model, 1)
     points = tuple(p for p in residual_writes(lm) if p.site is not Site.RESID_PRE or p.layer == 0)
     total = torch.zeros(units.shape[0], dtype=torch.float64)
     with _frozen_parameters(lm.model):

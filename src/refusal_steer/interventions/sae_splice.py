@@ -81,7 +81,7 @@ def prefix_mask(x: Tensor, padding: Tensor | None, skip_tokens: int) -> Tensor:
     if seq == 1:
         return torch.zeros(batch, seq, dtype=torch.bool, device=x.device)
     if padding is not None and padding.shape == (batch, seq):
-        from ..generation import position_ids
+        from ..batching import position_ids
 
         index = position_ids(~padding)  # padding gets 0, so it counts as prefix, as documented
     else:
