@@ -13,6 +13,8 @@ of 8 prompts, greedy, 64 new tokens, KV cache on. Three variants, interleaved, `
 
 Run:
     PYTHONPATH=src python bench/bench_generation.py --repeats 3
+    # GPU, bf16, random weights of a published shape (see bench/_models.py):
+    PYTHONPATH=src python bench/bench_generation.py --device cuda --dtype bfloat16 --shape llama-3-8b --tokenizer bench/.tokenizers
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import add_model_arguments, bench_model, synchronize  # noqa: E402
 
 PROMPTS = [
     "Write a long essay about the history of bread.",
@@ -41,7 +44,8 @@ PROMPTS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
+    add_model_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=len(PROMPTS), help="rows (the 8 prompts repeated)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -50,25 +54,28 @@ def main() -> None:
 
     from refusal_steer.generation import encode_prompts, generate, generation_kwargs, left_pad
     from refusal_steer.interventions import all_layers_ablation
-    from refusal_steer.models import load_model
 
-    lm = load_model(args.model)
+    lm = bench_model(args.shape, device=args.device, dtype=args.dtype, tokenizer_dir=args.tokenizer)
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch_size)]
     direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
     ablation = all_layers_ablation(direction, lm)
-    batch = left_pad(encode_prompts(lm, PROMPTS), lm.tokenizer.pad_token_id, lm.device)
+    batch = left_pad(encode_prompts(lm, prompts), lm.tokenizer.pad_token_id, lm.device)
     kwargs = generation_kwargs(lm, max_new_tokens=args.max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0, use_cache=True)
 
     def plain() -> int:
         with torch.inference_mode():
             out = lm.model.generate(**batch, **kwargs)
-        return int(out.shape[1] - batch["input_ids"].shape[1]) * len(PROMPTS)
+        synchronize(args.device)
+        return int(out.shape[1] - batch["input_ids"].shape[1]) * len(prompts)
 
     def ours(interventions) -> int:
-        completions = generate(lm, PROMPTS, interventions, max_new_tokens=args.max_new_tokens, batch_size=len(PROMPTS), progress=False)
+        completions = generate(lm, prompts, interventions, max_new_tokens=args.max_new_tokens, batch_size=len(prompts), progress=False)
+        synchronize(args.device)
         return sum(c.n_new_tokens for c in completions)
 
     variants = {"plain": plain, "ours_empty": lambda: ours([]), "ours_ablate": lambda: ours([ablation])}
-    plain()  # warm-up
+    plain()  # warm-up (and the first CUDA kernels' load)
+    ours([ablation])
     times: dict[str, list[float]] = {name: [] for name in variants}
     tokens: dict[str, int] = {}
     for _ in range(args.repeats):
@@ -77,13 +84,17 @@ def main() -> None:
             tokens[name] = fn()
             times[name].append(time.perf_counter() - started)
     base = statistics.median(times["plain"])
-    print(f"generation: {lm.spec}, batch {len(PROMPTS)}, {args.max_new_tokens} new tokens, greedy, KV cache, "
-          f"{args.threads} threads, {torch.__version__}, device {lm.device}; {len(ablation.points)} ablation hooks")
+    device = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else f"{args.threads} CPU threads"
+    print(f"generation: {lm.spec} ({lm.n_layers} layers, d_model {lm.d_model}), {lm.dtype}, batch {len(prompts)}, "
+          f"{args.max_new_tokens} new tokens, greedy, KV cache, {device}, torch {torch.__version__}; "
+          f"{len(ablation.points)} ablation hooks")
     print(f"{'variant':12s} {'median s':>9s} {'min s':>8s} {'new tokens':>11s} {'tok/s':>8s} {'ratio vs plain':>15s}  runs")
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:12s} {median:9.2f} {min(values):8.2f} {tokens[name]:11d} {tokens[name] / median:8.1f} {median / base:15.3f}  "
               + " ".join(f"{v:.2f}" for v in values))
+    if lm.device.type == "cuda":
+        print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated(lm.device) / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
