@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_dataset
-from .directions.io import load_direction
+from .directions.io import load_actadd_direction, load_direction
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl
@@ -58,6 +58,9 @@ class DemoConfig:
     """Prompts per class whose greedy completions reveal the refusal tokens."""
     actadd_coef: float | None = None
     """Activation-addition coefficient; None uses the one calibrated during selection."""
+    actadd_candidates: int = 4
+    """Alternatives calibrated for activation addition when the selected direction cannot induce refusal
+    (see :func:`refusal_steer.directions.selection.choose_actadd`); 0 adds the selected direction."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
 
@@ -79,10 +82,10 @@ class Condition:
 
 
 def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
-    saved = load_direction(direction_dir)
-    ablate = [all_layers_ablation(saved.direction, lm)]
-    coef = config.actadd_coef if config.actadd_coef is not None else float(saved.metadata.get("actadd_coef", 1.0))
-    actadd = [Add(saved.direction, saved.point, coef=coef)]
+    ablate = [all_layers_ablation(load_direction(direction_dir).direction, lm)]
+    added = load_actadd_direction(direction_dir)  # selection may add another candidate than it ablates
+    coef = config.actadd_coef if config.actadd_coef is not None else float(added.metadata.get("actadd_coef", 1.0))
+    actadd = [Add(added.direction, added.point, coef=coef)]
     return [
         Condition("baseline", "harmful"),
         Condition("ablation", "harmful", ablate),
@@ -102,7 +105,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, n_val=config.n_val, seed=config.seed,
         batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, judge=config.judge,
         refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
-        selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size),
+        selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,
+                                  actadd_candidates=config.actadd_candidates),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
 
@@ -122,6 +126,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         name = f"{condition.name}_{condition.dataset}"
         outputs = [f"completions/{name}.jsonl", f"results/{name}.json"]
         key = {**base_key, "condition": name}
+        if condition.name == "actadd":  # the added candidate and coefficient may differ from the ablated one
+            key["actadd"] = direction.selection.get("actadd")
         if not run.is_done(name, key, outputs):
             t0 = time.time()
             result = evaluate_refusal(lm, prompts[condition.dataset], condition.interventions, judge=config.judge,
@@ -155,7 +161,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         "model_sha256": lm.source_sha256,
         "direction": {k: direction.selection.get(k) for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
                                                               "baseline_refusal_score_harmless", "screen_rank_correlation",
-                                                              "rule", "actadd_coef", "actadd_calibration", "config")},
+                                                              "rule", "actadd_coef", "actadd_calibration", "actadd",
+                                                              "actadd_search", "config")},
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),
         "results": results,

@@ -30,14 +30,15 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     out = tmp_path / "direction"
     result = find_direction(lm, config, out, progress=False)
     for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json",
-                 "selection_heatmap.png", "direction.safetensors", "manifest.json"):
+                 "selection_heatmap.png", "direction.safetensors", "actadd.safetensors", "manifest.json"):
         assert (out / name).is_file(), name
     saved = load_direction(out)
     assert str(saved.point) == result.selection["point"]
     from refusal_steer.interventions import parse_steer
 
     (added,) = parse_steer(f"actadd:{out}", lm)
-    assert added.coef == result.selection["actadd_coef"] and added.point == saved.point
+    assert added.coef == result.selection["actadd_coef"] and str(added.point) == result.selection["actadd"]["point"]
+    assert (out / "actadd.safetensors").is_file()
     prompts = json.loads((out / "prompts.json").read_text())
     assert not set(prompts["harmful_train"]) & set(prompts["harmful_val"])
 
@@ -86,3 +87,30 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     text = report.read_text()
     assert "95% CI" in text and "selection heatmap" in text
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "refusal_rates.png").is_file()
+
+
+def test_actadd_dir_reads_the_separately_chosen_direction(make_tiny_lm, prompt_files, tmp_path, monkeypatch):
+    """When selection adds another candidate than it ablates, ablate:DIR and actadd:DIR each get theirs."""
+    import torch
+
+    import refusal_steer.directions.selection as selection_module
+    from refusal_steer.interventions import parse_steer
+
+    lm = make_tiny_lm("qwen2")
+    calls = []
+
+    def fake_calibrate(lm_, direction, layer, *args, **kwargs):
+        calls.append(layer)
+        return 3.0, [{"coef": 3.0, "induce": 1.0 if len(calls) == 2 else -1.0}]  # only the first alternative passes
+
+    monkeypatch.setattr(selection_module, "calibrate_actadd", fake_calibrate)
+    config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17),
+                             selection=LOOSE)
+    result = find_direction(lm, config, tmp_path, progress=False)
+    actadd = result.selection["actadd"]
+    assert not actadd["same_as_ablation"] and actadd["coef"] == 3.0
+    (ablation,) = parse_steer(f"ablate:{tmp_path}", lm)
+    (added,) = parse_steer(f"actadd:{tmp_path}", lm)
+    assert str(added.point) == actadd["point"] and added.coef == 3.0
+    assert not torch.allclose(added.vector / added.vector.norm(), ablation.direction)
+    assert torch.allclose(ablation.direction, load_direction(tmp_path).direction / load_direction(tmp_path).direction.norm())

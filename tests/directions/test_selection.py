@@ -12,7 +12,7 @@ from refusal_steer.directions.scores import kl_divergence, last_token_logprobs, 
 from refusal_steer.batching import shared_prefix_length
 from refusal_steer.directions.screening import estimate_ablation_effects
 from refusal_steer.generation import encode_prompts
-from refusal_steer.directions.selection import SelectionConfig, select_direction
+from refusal_steer.directions.selection import CandidateScore, SelectionConfig, choose_actadd, select_direction
 from refusal_steer.errors import ConfigError
 from refusal_steer.hooks import HookPoint, Site, record
 from refusal_steer.interventions import residual_writes
@@ -124,7 +124,7 @@ def test_strict_filters_fall_back_then_fail_clearly(make_tiny_lm):
                          SelectionConfig(kl_threshold=1e-12, screen_top_k=2), progress=False)
 
 
-@pytest.mark.parametrize("bad", [dict(max_layer_fraction=0), dict(kl_threshold=-1), dict(screen_top_k=-1)])
+@pytest.mark.parametrize("bad", [dict(max_layer_fraction=0), dict(kl_threshold=-1), dict(screen_top_k=-1), dict(actadd_candidates=-1)])
 def test_selection_config_validates(bad):
     with pytest.raises(ConfigError):
         SelectionConfig(**bad)
@@ -133,9 +133,11 @@ def test_selection_config_validates(bad):
 def test_relaxed_rule_when_nothing_induces_refusal(make_tiny_lm):
     lm = make_tiny_lm("qwen2")
     diffs = difference_in_means(lm, HARMFUL[:2], HARMLESS[:2], progress=False)
-    config = SelectionConfig(kl_threshold=1e9, induce_threshold=1e9, screen_top_k=3, batch_size=4, actadd_coefs=(1.0, 2.0))
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=1e9, screen_top_k=3, batch_size=4, actadd_coefs=(1.0, 2.0),
+                             actadd_candidates=0)
     selection = select_direction(lm, diffs, HARMFUL[:2], HARMLESS[:2], REFUSAL_IDS, config, progress=False)
     assert selection.rule == "relaxed-induce"
+    assert selection.to_json()["actadd"]["same_as_ablation"] and selection.actadd_point == selection.point
     kl_ok = [row for row in selection.table if row.status in ("filtered: induce", "selected")]
     assert selection.chosen().bypass == min(row.bypass for row in kl_ok)
     # No coefficient reaches an induce score above the (impossible) target: the best one tried is used.
@@ -157,3 +159,83 @@ def test_actadd_calibration_stops_once_the_score_falls(make_tiny_lm, monkeypatch
     coef, tries = selection_module.calibrate_actadd(lm, torch.randn(lm.d_model), 1, HARMLESS[:2], REFUSAL_IDS, config)
     assert [t["coef"] for t in tries] == [1.0, 2.0, 3.0]
     assert coef == 2.0
+
+
+def _rows(*layers):
+    return [CandidateScore(position=-1, layer=layer, bypass=float(i)) for i, layer in enumerate(layers)]
+
+
+def _calibrator(best_scores: dict[int, float]):
+    """Fake calibration: candidate at layer L peaks at coefficient 2 with score best_scores[L]."""
+    calls = []
+
+    def calibrate(row):
+        calls.append(row.layer)
+        best = best_scores[row.layer]
+        return 2.0, [{"coef": 1.0, "induce": best - 1}, {"coef": 2.0, "induce": best}]
+
+    return calibrate, calls
+
+
+def test_choose_actadd_keeps_the_selected_direction_when_it_reaches_the_target():
+    rows = _rows(5, 8, 9)
+    calibrate, calls = _calibrator({5: 0.5, 8: 3.0, 9: 4.0})
+    chosen, coef, tries, search = choose_actadd(rows, calibrate, target=0.0)
+    assert chosen is rows[0] and coef == 2.0 and calls == [5] and len(search) == 1
+
+
+def test_choose_actadd_takes_the_first_alternative_that_reaches_the_target():
+    rows = _rows(5, 8, 9, 10)
+    calibrate, calls = _calibrator({5: -1.0, 8: -0.5, 9: 0.3, 10: 5.0})
+    chosen, coef, tries, search = choose_actadd(rows, calibrate, target=0.0)
+    assert chosen is rows[2] and calls == [5, 8, 9]  # stops at the first that passes, in bypass order
+    assert [entry["layer"] for entry in search] == [5, 8, 9] and search[2]["score"] == 0.3
+    assert tries[-1] == {"coef": 2.0, "induce": 0.3}
+
+
+def test_choose_actadd_falls_back_to_the_best_score_tried():
+    rows = _rows(5, 8, 9)
+    calibrate, calls = _calibrator({5: -2.0, 8: -0.5, 9: -1.0})
+    chosen, *_ = choose_actadd(rows, calibrate, target=0.0)
+    assert chosen is rows[1] and calls == [5, 8, 9]
+    calibrate, _ = _calibrator({5: -1.0, 8: -1.0, 9: -1.0})
+    assert choose_actadd(rows, calibrate, target=0.0)[0] is rows[0]  # ties keep the selected direction
+
+
+def test_selection_adds_another_candidate_when_the_selected_one_cannot_induce(make_tiny_lm, monkeypatch):
+    import refusal_steer.directions.selection as selection_module
+
+    lm = make_tiny_lm("qwen2")
+    diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=4, batch_size=4, actadd_coefs=(1.0, 2.0))
+    selected = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, progress=False)
+    winner = {}
+
+    def fake_calibrate(lm_, direction, layer, *args, **kwargs):
+        passes = not torch.equal(direction, selected.direction) and not winner
+        if passes:
+            winner["direction"] = direction.clone()
+        return 2.0, [{"coef": 2.0, "induce": 1.0 if passes else -1.0}]
+
+    monkeypatch.setattr(selection_module, "calibrate_actadd", fake_calibrate)
+    selection = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, progress=False)
+    assert (selection.position, selection.layer) == (selected.position, selected.layer)  # ablation choice unchanged
+    assert selection.actadd_direction is not None and torch.equal(selection.actadd_direction, winner["direction"])
+    summary = selection.to_json()["actadd"]
+    assert not summary["same_as_ablation"] and summary["layer"] == selection.actadd_layer
+    assert len(selection.to_json()["actadd_search"]) == 2
+
+
+def test_calibration_reuses_the_induce_score_exactly(make_tiny_lm):
+    """Calibration's coefficient-1 try is the filters' induce score, not a second forward pass, and equals a fresh one."""
+    from refusal_steer.directions.selection import calibrate_actadd
+
+    lm = make_tiny_lm("qwen2")
+    diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=4, actadd_coefs=(1.0, 2.0),
+                             actadd_candidates=0)
+    selection = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, progress=False)
+    chosen = selection.chosen()
+    assert chosen.induce is not None and selection.actadd_calibration[0] == {"coef": 1.0, "induce": chosen.induce}
+    _, fresh = calibrate_actadd(lm, diffs.candidate(chosen.position, chosen.layer), chosen.layer, HARMLESS, REFUSAL_IDS, config)
+    assert fresh[0]["induce"] == pytest.approx(chosen.induce, abs=1e-5)

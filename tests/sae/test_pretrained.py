@@ -1,4 +1,4 @@
-"""The SAE shipped for the default model: loads by name, and (slow) meets its recorded held-out metrics."""
+"""The SAEs shipped for the default model: load by name, and (slow) meet their recorded held-out metrics."""
 
 from __future__ import annotations
 
@@ -17,20 +17,34 @@ def test_shipped_sae_loads_by_name() -> None:
     assert sae.W_enc.dtype.is_floating_point and sae.W_enc.dtype.itemsize == 4  # bf16 on disk, float32 in memory
     files = sorted(p.name for p in shipped_path("default").iterdir())
     assert {"cfg.json", "sae_weights.safetensors", "training.json", "README.md"} <= set(files)
-    assert sum(p.stat().st_size for p in shipped_path("default").iterdir()) <= 32 * 2**20
-    assert set(SHIPPED.values()) == {SHIPPED["default"]}
     assert sae_info("default")["arch"] == "topk"
+    assert str(sae.cfg.point) == "resid_pre.14"
+
+
+@pytest.mark.parametrize("layer", [13, 14, 15])
+def test_shipped_sae_per_layer(layer: int) -> None:
+    """The selected layer and its two neighbours each ship one TopK SAE, at most 32 MiB, with its record."""
+    name = f"default-resid_pre.{layer}"
+    assert name in shipped_names()
+    folder = shipped_path(name)
+    assert {"cfg.json", "sae_weights.safetensors", "training.json", "README.md", "metrics.json"} <= {p.name for p in folder.iterdir()}
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 32 * 2**20
+    sae = load_sae(name, d_model=896)
+    assert str(sae.cfg.point) == f"resid_pre.{layer}" and sae.cfg.arch == "topk" and sae.cfg.k == 32
+    recorded = json.loads((folder / "metrics.json").read_text())
+    assert recorded["point"] == f"resid_pre.{layer}" and recorded["heldout20k_fvu"] <= 0.20
 
 
 @pytest.mark.slow
-def test_shipped_sae_metrics_on_default_model() -> None:
+@pytest.mark.parametrize("name", ["default", "default-resid_pre.13", "default-resid_pre.15"])
+def test_shipped_sae_metrics_on_default_model(name: str) -> None:
     """Held-out metrics on a 1,500-token test-split sample stay near the recorded ones."""
     from refusal_steer.models import load_model
     from refusal_steer.sae.model_eval import evaluate_on_model
 
-    recorded = json.loads((shipped_path("default") / "metrics.json").read_text())
+    recorded = json.loads((shipped_path(name) / "metrics.json").read_text())
     lm = load_model("default")
-    sae = load_sae("default", d_model=lm.d_model)
+    sae = load_sae(name, d_model=lm.d_model)
     got = evaluate_on_model(lm, sae, n_tokens=1500, progress=False)
     assert got["l0"] == pytest.approx(32.0)
     assert got["fvu"] <= recorded["fvu"] + 0.05

@@ -37,12 +37,13 @@ def direction(
     screen_top_k: int = typer.Option(16, help="Exactly score only the k best first-order estimates; 0 = all."),
     full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
     relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
+    actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors); 0 = always add the selected one."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
     judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
     dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the selection summary as JSON."),
 ) -> None:
-    """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors."""
+    """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors (and OUT/actadd.safetensors, the direction actadd:OUT adds)."""
     from ..directions.pipeline import DirectionConfig, find_direction
     from ..directions.selection import SelectionConfig
     from ..models import load_model
@@ -52,7 +53,7 @@ def direction(
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
-                                  batch_size=batch_size),
+                                  actadd_candidates=actadd_candidates, batch_size=batch_size),
     )
     lm = load_model(model, dtype=dtype)
     result = find_direction(lm, config, out)
@@ -66,6 +67,7 @@ def direction(
         "kl": chosen["kl"],
         "rule": result.selection.get("rule"),
         "actadd_coef": result.selection.get("actadd_coef"),
+        "actadd": result.selection.get("actadd"),
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
         "selection": str(out / "selection.json"),
@@ -78,6 +80,12 @@ def direction(
     console.print(f"  bypass score {chosen['bypass']:.2f} (baseline {summary['baseline_refusal_score_harmful']:.2f}), "
                   f"induce {chosen['induce']:.2f}, KL {chosen['kl']:.3f}")
     console.print(f"  refusal tokens {summary['refusal_tokens']}")
+    actadd = summary["actadd"] or {}
+    if actadd and not actadd.get("same_as_ablation"):
+        console.print(f"  activation addition uses {actadd['point']} position {actadd['position']} x {actadd['coef']:g} "
+                      "(the selected direction could not induce refusal on validation)")
+    else:
+        console.print(f"  activation addition: the same direction x {summary['actadd_coef']:g}")
     console.print(f"  wrote {summary['direction']}, {summary['selection']}, {summary['heatmap']}")
 
 

@@ -1,4 +1,6 @@
-"""The saved-direction format: ``DIR/direction.safetensors`` (what ``ablate:DIR`` / ``actadd:DIR`` read).
+"""The saved-direction format: ``DIR/direction.safetensors`` (what ``ablate:DIR`` reads) and
+``DIR/actadd.safetensors`` (what ``actadd:DIR`` reads when present: the direction activation addition
+uses, with its calibrated ``actadd_coef``; see :func:`load_actadd_direction`).
 
 Format (version 1):
 
@@ -25,6 +27,7 @@ from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from ..hooks import HookPoint
 
 DIRECTION_FILENAME = "direction.safetensors"
+ACTADD_FILENAME = "actadd.safetensors"
 DIRECTION_TENSOR = "direction"
 DIRECTION_FORMAT = "refusal-steer/direction"
 
@@ -91,8 +94,20 @@ def load_direction(path: str | Path) -> SavedDirection:
     return SavedDirection(direction=direction.to(torch.float32), point=point, metadata=metadata)
 
 
+def load_actadd_direction(path: str | Path) -> SavedDirection:
+    """The direction to *add* from ``DIR``: ``DIR/actadd.safetensors`` if the selection wrote one, else ``DIR/direction.safetensors``.
+
+    Selection may pick a different candidate for activation addition than for ablation (see
+    :mod:`.selection`); a file path is read as given.
+    """
+    folder = Path(path).expanduser()
+    if folder.suffix != ".safetensors" and (folder / ACTADD_FILENAME).is_file():
+        return load_direction(folder / ACTADD_FILENAME)
+    return load_direction(folder)
+
+
 def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:
-    """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors``; return the file."""
+    """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors`` (or the ``.safetensors`` file named); return the file."""
     from safetensors.torch import save_file
 
     point = HookPoint.parse(point)

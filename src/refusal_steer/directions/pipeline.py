@@ -7,7 +7,9 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``candidates.safetensors``: difference-in-means at every layer and post-instruction position;
 - ``refusal_tokens.json``: the model's own refusal tokens and the evidence for them;
 - ``selection.json`` + ``selection_heatmap.png``: the full score table and the choice;
-- ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` / ``actadd:DIR`` read).
+- ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads);
+- ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
+  (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..models import LoadedModel
 from ..report.plots import plot_selection_heatmap
 from ..runs import RunDir, write_json
 from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
-from .io import DIRECTION_FILENAME, save_direction
+from .io import ACTADD_FILENAME, DIRECTION_FILENAME, save_direction
 from .refusal_tokens import find_refusal_tokens
 from .selection import SelectionConfig, select_direction
 
@@ -135,7 +137,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         run.mark_done("refusal_tokens", tokens_key)
 
     selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"]}
-    outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME]
+    outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME, ACTADD_FILENAME]
     if run.is_done("selection", selection_key, outputs):
         selection_json = json.loads(run.file("selection.json").read_text())
     else:
@@ -146,12 +148,15 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         selection_json["seconds"] = round(time.time() - started, 1)
         write_json(run.file("selection.json"), selection_json)
         plot_selection_heatmap(selection_json, run.file("selection_heatmap.png"))
-        save_direction(
-            run.path, selection.direction, selection.point,
-            position=selection.position, actadd_coef=selection.actadd_coef, rule=selection.rule, model=lm.spec, model_sha256=lm.source_sha256 or "",
-            harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, seed=config.seed,
-            created_by="refusal-steer direction",
-        )
+        provenance = dict(rule=selection.rule, model=lm.spec, model_sha256=lm.source_sha256 or "", harmful=config.harmful,
+                          harmless=config.harmless, n_train=config.n_train, seed=config.seed, created_by="refusal-steer direction")
+        save_direction(run.path, selection.direction, selection.point, position=selection.position, actadd_coef=selection.actadd_coef,
+                       **provenance)
+        actadd = selection_json["actadd"]
+        save_direction(run.file(ACTADD_FILENAME),
+                       selection.direction if selection.actadd_direction is None else selection.actadd_direction,
+                       selection.actadd_point, position=actadd["position"], actadd_coef=selection.actadd_coef,
+                       same_as_ablation=actadd["same_as_ablation"], **provenance)
         run.mark_done("selection", selection_key, time.time() - started)
         selection_json = json.loads(run.file("selection.json").read_text())  # same value a resumed run returns
     run.write_manifest(stage="direction", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))

@@ -14,13 +14,20 @@ candidates in ascending order and compute KL and induce lazily, stopping at the 
 filters: this selects exactly the candidate the full table would, for far fewer forward passes. With
 ``screen_top_k > 0`` only the candidates with the best first-order bypass estimates
 (:mod:`.screening`) get an exact bypass score; ``screen_top_k=0`` scores every candidate exactly.
+
+Activation addition then calibrates its coefficient on the harmless validation prompts
+(:func:`calibrate_actadd`). Arditi et al. add the selected direction itself; when no coefficient of it
+lifts harmless refusal above the target (on small models the direction that ablates best within the
+KL budget is often a weak inducer), the next lowest-bypass candidates are calibrated in turn
+(``actadd_candidates``) and the first that reaches the target is added instead (:func:`choose_actadd`).
+Which direction each intervention uses is recorded, and ``actadd_candidates=0`` keeps the single one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -58,6 +65,9 @@ class SelectionConfig:
     """Coefficients tried, smallest first, when calibrating activation addition (empty: skip)."""
     actadd_target: float = 0.0
     """Calibration target: mean harmless refusal log-odds above this (0 = refusal more likely than not)."""
+    actadd_candidates: int = 4
+    """If the selected direction's addition misses ``actadd_target``, calibrate up to this many more of the
+    lowest-bypass candidates and add the first that reaches it (0: always add the selected direction)."""
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -69,6 +79,8 @@ class SelectionConfig:
             raise ConfigError(f"screen_top_k={self.screen_top_k} must be >= 0 (0 scores every candidate)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.actadd_candidates < 0:
+            raise ConfigError(f"actadd_candidates={self.actadd_candidates} must be >= 0")
 
 
 @dataclass
@@ -102,11 +114,20 @@ class Selection:
     rule: str = "arditi"
     actadd_coef: float = 1.0
     actadd_calibration: list[dict] = field(default_factory=list)
+    actadd_position: int | None = None
+    """Candidate added by activation addition; None: the selected one."""
+    actadd_layer: int | None = None
+    actadd_direction: torch.Tensor | None = None
+    actadd_search: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     @property
     def point(self) -> HookPoint:
         return HookPoint(Site.RESID_PRE, self.layer)
+
+    @property
+    def actadd_point(self) -> HookPoint:
+        return HookPoint(Site.RESID_PRE, self.layer if self.actadd_layer is None else self.actadd_layer)
 
     def chosen(self) -> CandidateScore:
         return next(row for row in self.table if row.status == "selected")
@@ -126,6 +147,14 @@ class Selection:
             "rule": self.rule,
             "actadd_coef": self.actadd_coef,
             "actadd_calibration": self.actadd_calibration,
+            "actadd": {
+                "point": str(self.actadd_point),
+                "position": self.position if self.actadd_position is None else self.actadd_position,
+                "layer": self.actadd_point.layer,
+                "coef": self.actadd_coef,
+                "same_as_ablation": self.actadd_position is None,
+            },
+            "actadd_search": self.actadd_search,
             "config": asdict(self.config),
             "table": [asdict(row) for row in self.table],
             **self.extra,
@@ -249,12 +278,31 @@ def select_direction(
     chosen.status = "selected"
     scored = [row for row in shortlist if row.estimated_bypass is not None and row.bypass is not None]
     correlation = _spearman([r.estimated_bypass for r in scored], [r.bypass for r in scored]) if scored else None
-    direction = diffs.candidate(chosen.position, chosen.layer)
-    coef, calibration = calibrate_actadd(lm, direction, chosen.layer, harmless_val, refusal_token_ids, config, system=system)
+
+    def calibrate(row: CandidateScore) -> tuple[float, list[dict]]:
+        known = {1.0: row.induce} if row.induce is not None else None  # same forward pass as the induce filter's
+        return calibrate_actadd(lm, diffs.candidate(row.position, row.layer), row.layer, harmless_val, refusal_token_ids, config,
+                                system=system, known=known)
+
+    others = sorted((r for r in shortlist if r is not chosen and r.bypass is not None), key=lambda r: r.bypass)
+    added, coef, calibration, search = choose_actadd([chosen, *others[: config.actadd_candidates]], calibrate, config.actadd_target)
+    separate = added is not chosen
+    score = search[[(e["position"], e["layer"]) for e in search].index((added.position, added.layer))]["score"]
+    if separate:
+        logger.warning("adding the selected direction cannot lift harmless refusal log-odds above %.2f; activation addition uses "
+                       "resid_pre.%d position %d x %.2f instead (log-odds %.3f)", config.actadd_target, added.layer, added.position,
+                       coef, score)
+    elif score is None or score <= config.actadd_target:
+        logger.warning("no activation-addition coefficient reached log-odds %.2f; using the best one tried, %.2f (log-odds %s)",
+                       config.actadd_target, coef, "n/a" if score is None else f"{score:.3f}")
     return Selection(
         rule=rule,
         actadd_coef=coef,
         actadd_calibration=calibration,
+        actadd_position=added.position if separate else None,
+        actadd_layer=added.layer if separate else None,
+        actadd_direction=diffs.candidate(added.position, added.layer).clone() if separate else None,
+        actadd_search=search,
         position=chosen.position,
         layer=chosen.layer,
         direction=diffs.candidate(chosen.position, chosen.layer).clone(),
@@ -269,6 +317,32 @@ def select_direction(
     )
 
 
+def choose_actadd(
+    ordered: Sequence[CandidateScore],
+    calibrate: Callable[[CandidateScore], tuple[float, list[dict]]],
+    target: float,
+) -> tuple[CandidateScore, float, list[dict], list[dict]]:
+    """The candidate to add: the first in ``ordered`` whose calibrated score exceeds ``target``, else the best one tried.
+
+    ``ordered`` starts with the selected direction (so it is kept whenever it reaches the target, as in
+    Arditi et al.), then the lowest-bypass alternatives. Returns the candidate, its coefficient, its
+    calibration tries and the search record (one entry per candidate calibrated).
+    """
+    if not ordered:
+        raise ValueError("choose_actadd needs at least one candidate")
+    tried: list[tuple[CandidateScore, float, list[dict], float]] = []
+    for row in ordered:
+        coef, tries = calibrate(row)
+        score = next((t["induce"] for t in tries if t["coef"] == coef), -math.inf)
+        tried.append((row, coef, tries, score))
+        if score > target:
+            break
+    search = [{"position": r.position, "layer": r.layer, "coef": c, "score": s if math.isfinite(s) else None, "tries": t}
+              for r, c, t, s in tried]
+    row, coef, tries, score = next((item for item in tried if item[3] > target), None) or max(tried, key=lambda item: item[3])
+    return row, coef, tries, search
+
+
 def calibrate_actadd(
     lm: LoadedModel,
     direction: torch.Tensor,
@@ -278,6 +352,7 @@ def calibrate_actadd(
     config: SelectionConfig,
     *,
     system: str | None = None,
+    known: dict[float, float] | None = None,
 ) -> tuple[float, list[dict]]:
     """Smallest coefficient in ``config.actadd_coefs`` whose addition lifts harmless refusal log-odds above the target.
 
@@ -290,9 +365,12 @@ def calibrate_actadd(
     """
     tries: list[dict] = []
     for coef in config.actadd_coefs:
-        added = last_token_logprobs(lm, harmless_val, [Add(direction, HookPoint(Site.RESID_PRE, layer), coef=coef)],
-                                    batch_size=config.batch_size, system=system)
-        score = refusal_log_odds(added, refusal_token_ids).mean().item()
+        if known and coef in known:  # e.g. the induce score at coefficient 1, already computed by the filters
+            score = known[coef]
+        else:
+            added = last_token_logprobs(lm, harmless_val, [Add(direction, HookPoint(Site.RESID_PRE, layer), coef=coef)],
+                                        batch_size=config.batch_size, system=system)
+            score = refusal_log_odds(added, refusal_token_ids).mean().item()
         tries.append({"coef": coef, "induce": score})
         logger.info("activation addition coef %.2f: harmless refusal log-odds %.3f", coef, score)
         if score > config.actadd_target:
@@ -302,6 +380,6 @@ def calibrate_actadd(
     if not tries:
         return 1.0, tries
     best = max(tries, key=lambda t: t["induce"])
-    logger.warning("no activation-addition coefficient reached log-odds %.2f; using the best one tried, %.2f (log-odds %.3f)",
-                   config.actadd_target, best["coef"], best["induce"])
+    logger.info("no activation-addition coefficient reached log-odds %.2f; the best one tried is %.2f (log-odds %.3f)",
+                config.actadd_target, best["coef"], best["induce"])
     return best["coef"], tries

@@ -21,8 +21,9 @@ A steer file (``steer.yaml`` or ``steer.json``) looks like::
 
 Vectors never go through pickle. The CLI also accepts short forms over a saved direction
 (:mod:`refusal_steer.directions.io`): ``ablate:DIR`` (ablation at every residual write of every layer)
-and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at; COEF defaults to the
-coefficient calibrated when the direction was selected, stored as ``actadd_coef``, else 1).
+and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at: ``DIR/actadd.safetensors``
+when selection wrote one, else ``DIR/direction.safetensors``; COEF defaults to the coefficient calibrated
+when the direction was selected, stored as ``actadd_coef``, else 1).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
         >>> parse_steer("actadd:runs/dir:-1.5", lm)  # doctest: +SKIP
         [Add(vector=..., point=HookPoint(...resid_pre, 12), coef=-1.5, positions='all')]
     """
-    from ..directions.io import load_direction
+    from ..directions.io import load_actadd_direction, load_direction
 
     kind, sep, rest = spec.partition(":")
     if sep and kind == "ablate":
@@ -169,7 +170,7 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
                 directory, coef = head, float(tail)
             except ValueError:
                 directory = rest
-        saved = load_direction(directory)
+        saved = load_actadd_direction(directory)
         if coef is None:
             # The coefficient calibrated at selection time (see directions/selection.py), else 1.
             coef = float(saved.metadata.get("actadd_coef", 1.0))

@@ -14,18 +14,27 @@ _COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "actadd": "tab:blue"}
 
 
 def _actadd_sentence(direction: dict[str, Any]) -> str:
-    """How the activation-addition coefficient was chosen, honestly (the calibration may have fallen short)."""
+    """Which direction activation addition adds and how its coefficient was chosen, honestly (calibration may fall short)."""
     coef = direction.get("actadd_coef")
     tries = direction.get("actadd_calibration") or []
     target = (direction.get("config") or {}).get("actadd_target", 0.0)
+    actadd = direction.get("actadd") or {}
+    which = ""
+    if actadd and not actadd.get("same_as_ablation", True):
+        search = direction.get("actadd_search") or []
+        first = search[0] if search else {}
+        best_first = f" (its best mean harmless log-odds: {first['score']:.2f})" if first.get("score") is not None else ""
+        which = (f"Activation addition adds a different candidate, `{actadd['point']}` at position {actadd['position']}: "
+                 f"no coefficient of the selected direction lifted harmless refusal above the target{best_first}, so the "
+                 f"next-lowest-bypass candidates were calibrated in turn ({len(search) - 1} tried) and the first that did is used. ")
     if not tries:
-        return f"Activation addition uses coefficient {coef}."
+        return f"{which}Activation addition uses coefficient {coef}."
     best = max(t["induce"] for t in tries)
     tried = ", ".join(f"{t['coef']:g}" for t in tries)
     if best > target:
-        return (f"Activation addition uses coefficient {coef:g}, the smallest of {tried} that lifted the mean harmless "
+        return (f"{which}Activation addition uses coefficient {coef:g}, the smallest of {tried} that lifted the mean harmless "
                 f"refusal log-odds above {target:g} on the validation split.")
-    return (f"Activation addition uses coefficient {coef:g}: none of {tried} lifted the mean harmless refusal log-odds "
+    return (f"{which}Activation addition uses coefficient {coef:g}: none of {tried} lifted the mean harmless refusal log-odds "
             f"above {target:g} on the validation split, so the best one ({best:.2f}) is used.")
 
 

@@ -1,7 +1,8 @@
 """SAEs that ship inside the package (bf16 safetensors), found by name.
 
 ``load_sae("default")`` (or ``--sae default`` on the command line) gives the TopK SAE trained on the
-default model at the layer its refusal direction is selected at. Each folder holds ``cfg.json``,
+default model at the layer its refusal direction is selected at (``resid_pre.14``);
+``default-resid_pre.13`` and ``default-resid_pre.15`` are the same recipe at the layers next to it. Each folder holds ``cfg.json``,
 ``sae_weights.safetensors``, ``training.json`` and a ``README.md`` with the exact command that trained
 it and its held-out metrics (also in ``docs/results.md``).
 """
@@ -15,7 +16,7 @@ _ROOT = Path(__file__).resolve().parent / "pretrained_weights"
 #: Shipped SAEs: short name -> folder under ``pretrained_weights``.
 SHIPPED: dict[str, str] = {
     "default": "default-resid_pre.14-topk-8192",
-    "default-resid_pre.14-topk-8192": "default-resid_pre.14-topk-8192",
+    **{f"default-resid_pre.{layer}{suffix}": f"default-resid_pre.{layer}-topk-8192" for layer in (13, 14, 15) for suffix in ("", "-topk-8192")},
 }
 
 
