@@ -58,7 +58,7 @@ class DemoConfig:
     """Prompts per class whose greedy completions reveal the refusal tokens."""
     actadd_coef: float | None = None
     """Activation-addition coefficient; None uses the one calibrated during selection."""
-    actadd_candidates: int = 4
+    actadd_candidates: int = 0
     """Alternatives calibrated for activation addition when the selected direction cannot induce refusal
     (see :func:`refusal_steer.directions.selection.choose_actadd`); 0 adds the selected direction."""
     refusal_token_ids: tuple[int, ...] | None = None

@@ -104,8 +104,10 @@ def test_actadd_dir_reads_the_separately_chosen_direction(make_tiny_lm, prompt_f
         return 3.0, [{"coef": 3.0, "induce": 1.0 if len(calls) == 2 else -1.0}]  # only the first alternative passes
 
     monkeypatch.setattr(selection_module, "calibrate_actadd", fake_calibrate)
+    from dataclasses import replace
+
     config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17),
-                             selection=LOOSE)
+                             selection=replace(LOOSE, actadd_candidates=2))
     result = find_direction(lm, config, tmp_path, progress=False)
     actadd = result.selection["actadd"]
     assert not actadd["same_as_ablation"] and actadd["coef"] == 3.0

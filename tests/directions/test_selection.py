@@ -207,7 +207,8 @@ def test_selection_adds_another_candidate_when_the_selected_one_cannot_induce(ma
 
     lm = make_tiny_lm("qwen2")
     diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
-    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=4, batch_size=4, actadd_coefs=(1.0, 2.0))
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=4, batch_size=4, actadd_coefs=(1.0, 2.0),
+                             actadd_candidates=4)
     selected = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, progress=False)
     winner = {}
 

@@ -37,7 +37,7 @@ def direction(
     screen_top_k: int = typer.Option(16, help="Exactly score only the k best first-order estimates; 0 = all."),
     full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
     relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
-    actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors); 0 = always add the selected one."),
+    actadd_candidates: int = typer.Option(0, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). Default 0: add the selected direction (Arditi et al.); see docs/results.md for what the alternatives cost in fluency."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
     judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
     dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),

@@ -65,9 +65,12 @@ class SelectionConfig:
     """Coefficients tried, smallest first, when calibrating activation addition (empty: skip)."""
     actadd_target: float = 0.0
     """Calibration target: mean harmless refusal log-odds above this (0 = refusal more likely than not)."""
-    actadd_candidates: int = 4
+    actadd_candidates: int = 0
     """If the selected direction's addition misses ``actadd_target``, calibrate up to this many more of the
-    lowest-bypass candidates and add the first that reaches it (0: always add the selected direction)."""
+    lowest-bypass candidates and add the first that reaches it (0, the default: always add the selected
+    direction, as Arditi et al. do). Off by default: on the default model the alternatives that reach the
+    target are late-layer candidates whose addition makes the model loop ("I'm sorry, I can not as I as
+    I as I ..."), which the substring judge counts as refusals (docs/results.md)."""
     batch_size: int = 16
 
     def __post_init__(self) -> None:
