@@ -140,6 +140,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
                 "condition": condition.name, "dataset": condition.dataset, "source": getattr(config, condition.dataset),
                 "split": "test", "refusal_rate": result.rate.value, "ci95": list(result.ci95), "n": result.n, "k": result.rate.k,
                 "ci_method": result.rate.method, "judge": f"{result.judge}@{result.judge_version}",
+                "degenerate_rate": result.degenerate_rate.value, "degenerate_ci95": list(result.degenerate_rate.ci95),
+                "degenerate_k": result.degenerate_rate.k,
                 "completions": f"completions/{name}.jsonl", "seconds": round(time.time() - t0, 1),
             })
             run.mark_done(name, key, time.time() - t0)

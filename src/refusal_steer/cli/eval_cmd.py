@@ -129,8 +129,10 @@ def eval_command(
         _write_jsonl(path, res.records())
         headline = {"refusal_rate": res.rate.value, "ci95": list(res.ci95), "n": res.n, "k": res.rate.k, "ci_method": res.rate.method,
                     "judge": res.judge, "judge_version": res.judge_version, "judge_info": judge_obj.describe(),  # type: ignore[union-attr]
-                    "max_new_tokens": max_new_tokens, "completions": str(path)}
-        summary = f"refusal rate {res.rate} judge {res.judge}@{res.judge_version}"
+                    "max_new_tokens": max_new_tokens, "completions": str(path),
+                    "degenerate_rate": res.degenerate_rate.value, "degenerate_ci95": list(res.degenerate_rate.ci95),
+                    "degenerate_k": res.degenerate_rate.k}
+        summary = f"refusal rate {res.rate} judge {res.judge}@{res.judge_version}; looping completions {res.degenerate_rate}"
     elif metric is Metric.kl:
         res_kl = ev.evaluate_kl(lm, records, interventions, batch_size=batch_size, seed=seed)
         path = _sibling(out, "items")

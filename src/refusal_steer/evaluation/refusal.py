@@ -14,6 +14,7 @@ from typing import Any
 from ..generation import Completion, as_prompt, generate
 from ..hooks import Intervention
 from ..models.loaded import LoadedModel
+from .fluency import is_degenerate
 from .judges import Judge, get_judge
 from .stats import CiMethod, Rate, rate_from_bools
 
@@ -39,6 +40,9 @@ class RefusalResult:
         judge_version: its version (phrase list, classifier hash, endpoint model + prompt hash).
         completions: the generated answers, in prompt order.
         refused: the judge's verdict per completion.
+        degenerate: per completion, whether it loops (:func:`~refusal_steer.evaluation.fluency.is_degenerate`);
+            a refusal that loops is a broken answer, whatever the judge says.
+        degenerate_rate: the share of looping completions, with n and its 95% interval.
     """
 
     rate: Rate
@@ -46,6 +50,8 @@ class RefusalResult:
     judge_version: str
     completions: list[Completion]
     refused: list[bool]
+    degenerate: list[bool]
+    degenerate_rate: Rate
 
     @property
     def refusal_rate(self) -> float:
@@ -62,9 +68,10 @@ class RefusalResult:
     def records(self) -> list[dict[str, Any]]:
         """One JSON-able dict per completion (the lines of the completions JSONL)."""
         out = []
-        for completion, refused in zip(self.completions, self.refused):
+        for completion, refused, degenerate in zip(self.completions, self.refused, self.degenerate):
             row = completion.to_dict()
             row["refused"] = refused
+            row["degenerate"] = degenerate
             row["judge"] = f"{self.judge}@{self.judge_version}"
             out.append(row)
         return out
@@ -117,5 +124,7 @@ def evaluate_refusal(
     )
     refused = judge_completions(judge_obj, prompts, [c.text for c in completions])
     rate = rate_from_bools(refused, method=ci, seed=seed)
+    degenerate = [is_degenerate(c.text) for c in completions]
     logger.info("refusal rate %s with judge %s@%s", rate, judge_obj.name, judge_obj.version)
-    return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused)
+    return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused,
+                         degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed))

@@ -51,6 +51,7 @@ def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r = results[name]
                 rows.append({"name": name, "dataset": dataset, "condition": condition, "value": r["refusal_rate"],
                              "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"], "k": r.get("k"), "judge": r["judge"],
+                             "degenerate_k": r.get("degenerate_k"),
                              "label": f"{condition}\n{dataset}", "color": _COLORS[condition]})
     return rows
 
@@ -97,12 +98,15 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
         "",
         "## Refusal rates",
         "",
-        "| prompts | condition | refusal rate | 95% CI | k/n |",
-        "|---|---|---|---|---|",
+        "| prompts | condition | refusal rate | 95% CI | k/n | looping completions |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        loops = "n/a" if r["degenerate_k"] is None else f"{r['degenerate_k']}/{r['n']}"
         lines.append(f"| {r['dataset']} | {_CONDITION_LABELS[r['condition']]} | {_pct(r['value'])} | "
-                     f"[{_pct(r['lo'])}, {_pct(r['hi'])}] | {r['k']}/{r['n']} |")
+                     f"[{_pct(r['lo'])}, {_pct(r['hi'])}] | {r['k']}/{r['n']} | {loops} |")
+    lines += ["", "Looping completions repeat one pair of words 4 or more times (e.g. \"as I as I as I as I\"): a refusal "
+                  "that loops is broken text, whatever the judge says (`refusal_steer.evaluation.fluency`)."]
     if kl:
         lines += ["", f"KL divergence of the next-token distribution on harmless prompts under ablation: "
                       f"**{kl['kl']:.4f}** nats (95% CI [{kl['ci95'][0]:.4f}, {kl['ci95'][1]:.4f}], n={kl['n']})."]
