@@ -45,3 +45,16 @@ def test_batchtopk_threshold_estimated_and_used_at_inference() -> None:
     assert float(sae.threshold) > 0
     l0 = float((sae.encode(synthetic(1024, seed=4)) != 0).sum(-1).float().mean())
     assert 2 <= l0 <= 8  # close to k on average, varying per token
+
+
+def test_init_l0_sets_thresholds_from_the_first_batch() -> None:
+    """With init_l0, the thresholds start where about that many latents fire per token on the data."""
+    sae = build_sae(build_cfg("jumprelu", init_l0=4.0))
+    x = torch.randn(2048, 16) * 3 + 1
+    sae.initialize_from_data(x)
+    assert torch.all(sae.threshold == sae.threshold[0]) and sae.threshold[0] > 0.1
+    l0 = (sae.encode(x) != 0).float().sum(-1).mean().item()
+    assert abs(l0 - 4.0) < 0.5
+    plain = build_sae(build_cfg("jumprelu"))
+    plain.initialize_from_data(x)
+    assert torch.all(plain.threshold == plain.cfg.init_threshold)  # unchanged without init_l0

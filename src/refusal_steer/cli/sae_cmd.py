@@ -48,6 +48,7 @@ def train(
     batch_size: int = typer.Option(4096, help="Activations per optimizer step."),
     l1_coefficient: float = typer.Option(5.0, help="relu_l1: L1 coefficient."),
     l0_coefficient: float = typer.Option(1.0, help="jumprelu: L0 coefficient."),
+    init_l0: float = typer.Option(None, help="jumprelu: start thresholds where about this many latents fire per token on the first batch (for short token budgets)."),
     dead_tokens: int = typer.Option(1_000_000, help="Tokens without firing after which a latent counts as dead."),
     checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0: never); a rerun resumes from the last one."),
     seed: int = typer.Option(0, help="Seed for initialisation, the token mix and shuffling."),
@@ -78,6 +79,8 @@ def train(
         fields["l1_coefficient"] = l1_coefficient
     elif arch == "jumprelu":
         fields["l0_coefficient"] = l0_coefficient
+        if init_l0 is not None:
+            fields["init_l0"] = init_l0
     sae = build_sae(cfg_cls(**fields)).to(device)
     tcfg = TrainConfig(
         tokens=tokens, batch_size=batch_size, lr=lr, dead_tokens=dead_tokens, checkpoint_every=checkpoint_every, seed=seed, progress=not no_progress
