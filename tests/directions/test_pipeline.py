@@ -84,6 +84,22 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
         result = metrics["results"][name]
         assert result["n"] == 4 and 0 <= result["ci95"][0] <= result["refusal_rate"] <= result["ci95"][1] <= 1
     assert metrics["results"]["kl_ablation_harmless"]["n"] == 4
+    # Harmful and harmless prompts of one condition are generated together, then split back in order.
+    from refusal_steer.data import load_dataset
+    from refusal_steer.evaluation.refusal import evaluate_refusal
+    from refusal_steer.interventions import parse_steer
+    from refusal_steer.models import load_model
+
+    assert metrics["results"]["ablation_harmful"]["generated_with"] == ["ablation_harmful", "ablation_harmless"]
+    reloaded = load_model(str(model_dir))
+    for dataset, source in (("harmful", prompt_files[0]), ("harmless", prompt_files[1])):
+        rows = [json.loads(line) for line in (tmp_path / "run" / "completions" / f"ablation_{dataset}.jsonl").read_text().splitlines()]
+        expected = [r.prompt for r in load_dataset(source, split="test", limit=4, seed=0)]
+        assert [row["prompt"] for row in rows] == expected
+        alone = evaluate_refusal(reloaded, expected, parse_steer(f"ablate:{tmp_path / 'run' / 'direction'}", reloaded),
+                                 max_new_tokens=3, batch_size=8, progress=False)
+        assert [row["text"] for row in rows] == [c.text for c in alone.completions]
+        assert metrics["results"][f"ablation_{dataset}"]["k"] == alone.rate.k
     text = report.read_text()
     assert "95% CI" in text and "selection heatmap" in text
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "refusal_rates.png").is_file()

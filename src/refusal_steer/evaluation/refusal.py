@@ -65,6 +65,13 @@ class RefusalResult:
     def n(self) -> int:
         return self.rate.n
 
+    def subset(self, start: int, stop: int, *, ci: CiMethod = "wilson", seed: int = 0) -> RefusalResult:
+        """The result for completions ``start:stop`` alone (e.g. one prompt set of several generated together)."""
+        refused, degenerate = self.refused[start:stop], self.degenerate[start:stop]
+        return RefusalResult(rate=rate_from_bools(refused, method=ci, seed=seed), judge=self.judge, judge_version=self.judge_version,
+                             completions=self.completions[start:stop], refused=refused, degenerate=degenerate,
+                             degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed))
+
     def records(self) -> list[dict[str, Any]]:
         """One JSON-able dict per completion (the lines of the completions JSONL)."""
         out = []
