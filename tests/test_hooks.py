@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from refusal_steer.batching import cache_kwarg
 from refusal_steer.errors import HookPointError
 from refusal_steer.hooks import HookCall, HookPoint, Recorder, Site, apply, prompt_boundary, record, run_and_record
 from refusal_steer.models import format_chat
@@ -182,7 +183,8 @@ def test_positions_mark_padding_prompt_and_generated(make_tiny_lm):
         out = lm.model(**batch, use_cache=True)
         next_ids = out.logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([batch["attention_mask"], torch.ones_like(next_ids)], dim=1)
-        lm.model(input_ids=next_ids, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        key = cache_kwarg(lm.model)
+        lm.model(input_ids=next_ids, attention_mask=mask, use_cache=True, **{key: getattr(out, key)})
     first, second = spy.calls
     assert torch.equal(first.padding, batch["attention_mask"].eq(0))
     assert torch.equal(first.prompt, batch["attention_mask"].eq(1))

@@ -57,6 +57,8 @@ class Batch:
     prefix_ids: Tensor | None = None
     """``(1, prefix_length)``: the shared prefix's tokens, already in ``past_key_values``."""
     past_key_values: Any = None
+    cache_key: str = "past_key_values"
+    """The keyword the model takes the cache under (see :func:`cache_kwarg`)."""
 
     @property
     def prefix_length(self) -> int:
@@ -71,7 +73,7 @@ class Batch:
         """Keyword arguments for ``model(...)``."""
         inputs: dict[str, Any] = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
         if self.past_key_values is not None:
-            inputs.update(past_key_values=self.past_key_values, use_cache=True)
+            inputs.update({self.cache_key: self.past_key_values}, use_cache=True)
         else:
             inputs["use_cache"] = False
         return inputs
@@ -81,7 +83,12 @@ class Batch:
         if self.prefix_ids is None:
             return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
         ids = torch.cat([self.prefix_ids.expand(self.input_ids.shape[0], -1), self.input_ids], dim=1)
-        return {"input_ids": ids, "attention_mask": self.attention_mask, "past_key_values": self.past_key_values}
+        return {"input_ids": ids, "attention_mask": self.attention_mask, self.cache_key: self.past_key_values}
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name ``model.forward`` and ``model.generate`` take a KV cache under: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def logits_to_keep(model: torch.nn.Module, keep: int) -> dict[str, int]:
@@ -190,6 +197,7 @@ def build_batch(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=lm.model.config)
+    key = cache_kwarg(lm.model)
     prefix = torch.tensor([list(token_lists[0][:length])], dtype=torch.long, device=device)
     suffix = left_pad([t[length:] for t in token_lists], pad_id, device)
     ids, suffix_mask = suffix["input_ids"], suffix["attention_mask"]
@@ -199,11 +207,11 @@ def build_batch(
     with prompt_boundary(lm, length + ids.shape[1]), prompt_continues(lm, min_suffix), apply(lm, stopper), torch.set_grad_enabled(grad):
         try:
             lm.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), position_ids=position_ids(torch.ones_like(prefix)),
-                     past_key_values=cache, use_cache=True, **logits_to_keep(lm.model, 1))
+                     **{key: cache}, use_cache=True, **logits_to_keep(lm.model, 1))
         except StopForward:
             pass
     cache.batch_repeat_interleave(len(token_lists))
-    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, length:], prefix_ids=prefix, past_key_values=cache)
+    return Batch(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)[:, length:], prefix_ids=prefix, past_key_values=cache, cache_key=key)
 
 
 def forward(lm: LoadedModel, batch: Batch, **kwargs: Any) -> Any:

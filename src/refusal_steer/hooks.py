@@ -209,7 +209,7 @@ def _compute_positions(state: _HookState, args: tuple, kwargs: dict) -> Position
     else:
         offset = 0
         cache_position = kwargs.get("cache_position")
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 names it cache
         if isinstance(cache_position, Tensor) and cache_position.numel():
             offset = int(cache_position.reshape(-1)[0])
         elif past is not None and hasattr(past, "get_seq_length"):
