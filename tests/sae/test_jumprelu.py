@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from refusal_steer.sae import build_sae
@@ -58,3 +59,44 @@ def test_init_l0_sets_thresholds_from_the_first_batch() -> None:
     plain = build_sae(build_cfg("jumprelu"))
     plain.initialize_from_data(x)
     assert torch.all(plain.threshold == plain.cfg.init_threshold)  # unchanged without init_l0
+
+
+def test_batchtopk_threshold_is_the_mean_batch_minimum_of_the_final_window() -> None:
+    """The saved threshold averages the batch minima of the last ``threshold_window`` of training only."""
+    from refusal_steer.sae import TrainConfig, train_sae
+
+    from .conftest import synthetic
+
+    sae = build_sae(build_cfg("batchtopk", k=4, threshold_window=0.25))
+    seen: list[tuple[float, float]] = []
+    update = sae._update_threshold
+
+    def spy(batch_min):
+        seen.append((sae._progress, float(batch_min)))
+        update(batch_min)
+
+    sae._update_threshold = spy
+    train_sae(sae, [synthetic(4096)] * 2, TrainConfig(tokens=16 * 256, batch_size=256, lr=5e-3, progress=False))
+    window = [m for p, m in seen if p >= 0.75]
+    assert len(seen) == 16 and len(window) == 4
+    assert float(sae.threshold) == pytest.approx(sum(window) / len(window), rel=1e-5)
+    assert float(sae.threshold) != pytest.approx(seen[0][1], rel=1e-3)  # the first batches are forgotten
+
+
+def test_batchtopk_resume_inside_the_threshold_window_is_exact(tmp_path) -> None:
+    from refusal_steer.sae import TrainConfig, train_sae
+    from refusal_steer.sae.training import latest_checkpoint
+
+    from .conftest import synthetic
+
+    data = [synthetic(512, seed=s) for s in range(3)]
+    cfg = TrainConfig(tokens=24 * 64, batch_size=64, buffer_batches=4, lr=3e-3, checkpoint_every=4, progress=False)
+    full = build_sae(build_cfg("batchtopk", k=4, threshold_window=0.5))
+    train_sae(full, data, cfg, tmp_path / "full")
+    part = build_sae(build_cfg("batchtopk", k=4, threshold_window=0.5))
+    train_sae(part, data, cfg, tmp_path / "resumed", stop_after=18)  # 6 of the window's 12 steps done
+    assert latest_checkpoint(tmp_path / "resumed").name.endswith("18")
+    second = build_sae(build_cfg("batchtopk", k=4, threshold_window=0.5))
+    train_sae(second, data, cfg, tmp_path / "resumed")
+    assert int(second.threshold_count) == 12
+    assert torch.allclose(full.threshold, second.threshold, atol=1e-6)

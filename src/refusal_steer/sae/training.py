@@ -217,6 +217,20 @@ def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tenso
     opt.load_state_dict(sd)
 
 
+def _training_buffers(sae: Sae) -> dict[str, Tensor]:
+    """The SAE's non-persistent buffers (training state such as BatchTopK's window count), for checkpoints."""
+    persistent = set(sae.state_dict())
+    return {f"sae.{name}": b.detach().clone() for name, b in sae.named_buffers() if name not in persistent}
+
+
+def _load_training_buffers(sae: Sae, tensors: dict[str, Tensor]) -> None:
+    buffers = dict(sae.named_buffers())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name.startswith("sae.") and name[4:] in buffers:
+                buffers[name[4:]].copy_(t)
+
+
 def _write_checkpoint(out_dir: Path, sae: Sae, opt: torch.optim.Optimizer, since_fired: Tensor, step: int, tokens: int, cfg: TrainConfig) -> Path:
     root = out_dir / CHECKPOINTS_DIRNAME
     root.mkdir(parents=True, exist_ok=True)
@@ -224,7 +238,7 @@ def _write_checkpoint(out_dir: Path, sae: Sae, opt: torch.optim.Optimizer, since
     tmp = root / f".step_{step:09d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_sae(sae, tmp)
-    atomic_save_safetensors({**_optimizer_tensors(opt), "since_fired": since_fired}, tmp / TRAINER_TENSORS_FILENAME)
+    atomic_save_safetensors({**_optimizer_tensors(opt), **_training_buffers(sae), "since_fired": since_fired}, tmp / TRAINER_TENSORS_FILENAME)
     atomic_write_text(tmp / TRAINER_STATE_FILENAME, json.dumps({"step": step, "tokens": tokens, "train_config": dataclasses.asdict(cfg)}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # the directory appears complete or not at all
@@ -300,6 +314,7 @@ def train_sae(
         _load_weights_into(sae, read_safetensors(ckpt / WEIGHTS_FILENAME), ckpt / WEIGHTS_FILENAME)
         tensors = read_safetensors(ckpt / TRAINER_TENSORS_FILENAME)
         _load_optimizer_tensors(opt, {k: v.to(device) for k, v in tensors.items()})
+        _load_training_buffers(sae, tensors)
         since_fired = tensors["since_fired"].to(device)
         step, tokens = int(state["step"]), int(state["tokens"])
         resumed_from = step
