@@ -71,9 +71,9 @@ def test_batchtopk_threshold_is_the_mean_batch_minimum_of_the_final_window() -> 
     seen: list[tuple[float, float]] = []
     update = sae._update_threshold
 
-    def spy(batch_min):
-        seen.append((sae._progress, float(batch_min)))
-        update(batch_min)
+    def spy(batch_min, progress):
+        seen.append((progress, float(batch_min)))
+        update(batch_min, progress)
 
     sae._update_threshold = spy
     train_sae(sae, [synthetic(4096)] * 2, TrainConfig(tokens=16 * 256, batch_size=256, lr=5e-3, progress=False))

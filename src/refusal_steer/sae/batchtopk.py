@@ -56,11 +56,6 @@ class BatchTopKSae(TopKSae):
         self.register_buffer("threshold", torch.full((), -1.0, dtype=torch.float32))
         # Batch minima averaged so far inside the final window; training state only (the trainer checkpoints it).
         self.register_buffer("threshold_count", torch.zeros((), dtype=torch.long), persistent=False)
-        self._progress = 0.0
-
-    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0):  # type: ignore[override]
-        self._progress = progress
-        return super().training_step(x, dead=dead, progress=progress)
 
     def activation(self, pre: Tensor) -> Tensor:
         thr = max(float(self.threshold), 0.0)
@@ -69,22 +64,22 @@ class BatchTopKSae(TopKSae):
     def forward(self, x: Tensor):  # type: ignore[override]
         return super(TopKSae, self).forward(x)
 
-    def _select(self, pre: Tensor) -> ActiveSet:
+    def _select(self, pre: Tensor, progress: float = 1.0) -> ActiveSet:
         n, d_sae = pre.shape
         flat = pre.reshape(-1)
         vals, idx = flat.topk(min(self.cfg.k * n, flat.numel()), sorted=False)
         keep = vals > 0
         vals, idx = vals[keep], idx[keep]
         if vals.numel():
-            self._update_threshold(vals.min().float())
+            self._update_threshold(vals.min().float(), progress)
         idx = fast_sort(idx)
         rows, cols = idx // d_sae, idx % d_sae
         counts = torch.bincount(rows, minlength=n)
         return ActiveSet(rows=rows, cols=cols, offsets=counts.cumsum(0) - counts, n=n, d_sae=d_sae)
 
     @torch.no_grad()
-    def _update_threshold(self, batch_min: Tensor) -> None:
-        if self._progress >= 1 - self.cfg.threshold_window:
+    def _update_threshold(self, batch_min: Tensor, progress: float) -> None:
+        if progress >= 1 - self.cfg.threshold_window:
             self.threshold_count += 1
             weight = 1.0 / float(self.threshold_count)  # running mean over the window; its first batch restarts it
             self.threshold.copy_((1 - weight) * self.threshold + weight * batch_min)

@@ -70,8 +70,8 @@ class TopKSae(Sae):
         z = torch.zeros_like(pre).scatter_(-1, idx, vals)
         return SaeOutput(x_hat=x_hat.reshape(*lead, -1).to(x.dtype), latents=z.reshape(*lead, -1))
 
-    def _select(self, pre: Tensor) -> ActiveSet:
-        """Active entries of a training batch (no grad)."""
+    def _select(self, pre: Tensor, progress: float = 1.0) -> ActiveSet:
+        """Active entries of a training batch (no grad); ``progress`` is the fraction of training done."""
         return ActiveSet.from_topk(pre.topk(self.cfg.k, dim=-1, sorted=False).indices, self.cfg.d_sae)
 
     def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
@@ -80,7 +80,7 @@ class TopKSae(Sae):
         with torch.no_grad():
             x_in = xn - self.b_dec if b_dec is not None else xn
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
-        active = self._select(pre)
+        active = self._select(pre, progress)
         vals = gather_pre(x_in, self.W_enc, self.b_enc, pre, active, b_dec).relu()
         x_hat = sparse_decode(vals, self.W_dec, active) + self.b_dec
         _, mse, fvu = reconstruction_stats(xn, x_hat)
