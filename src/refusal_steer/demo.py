@@ -1,9 +1,10 @@
 """``refusal-steer demo``: the top-down refusal pipeline end to end on the default model.
 
 1. find and select the refusal direction on train/val splits (:mod:`refusal_steer.directions`);
-2. generate on held-out *test* prompts (harmful and harmless) under three conditions: baseline,
-   directional ablation at every layer, and activation addition at the direction's layer;
-3. judge refusals, measure harmless KL under ablation, and write ``metrics.json``, completions,
+2. generate on held-out *test* prompts (harmful and harmless) under four conditions: baseline,
+   directional ablation at every layer, capped ablation (the projection lowered to the harmless level;
+   :mod:`refusal_steer.directions.clamp`) and activation addition at the direction's layer;
+3. judge refusals, measure harmless KL under both ablations, and write ``metrics.json``, completions,
    plots and a readable ``report.md`` with side-by-side examples.
 
 Every stage is stamped, so an interrupted demo resumes where it stopped.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_dataset
+from .directions.clamp import CLAMP_FILENAME, load_clamp
 from .directions.io import load_actadd_direction, load_direction
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
@@ -63,6 +65,8 @@ class DemoConfig:
     (see :func:`refusal_steer.directions.selection.choose_actadd`); 0 adds the selected direction."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
+    clamp_candidates: int = 8
+    """Lowest-bypass candidates scored under capped ablation (0: no capped-ablation condition)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
@@ -81,19 +85,21 @@ class Condition:
     interventions: Sequence[Intervention] = field(default_factory=tuple)
 
 
+def _clamp_key(clamp: dict | None) -> dict:
+    """The part of the capped-ablation choice a stage's stamp depends on (not the whole score table)."""
+    return {k: v for k, v in (clamp or {}).items() if k != "table"}
+
+
 def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
     ablate = [all_layers_ablation(load_direction(direction_dir).direction, lm)]
     added = load_actadd_direction(direction_dir)  # selection may add another candidate than it ablates
     coef = config.actadd_coef if config.actadd_coef is not None else float(added.metadata.get("actadd_coef", 1.0))
     actadd = [Add(added.direction, added.point, coef=coef)]
-    return [
-        Condition("baseline", "harmful"),
-        Condition("ablation", "harmful", ablate),
-        Condition("actadd", "harmful", actadd),
-        Condition("baseline", "harmless"),
-        Condition("ablation", "harmless", ablate),
-        Condition("actadd", "harmless", actadd),
-    ]
+    steered = [("ablation", ablate), ("actadd", actadd)]
+    if (direction_dir / CLAMP_FILENAME).is_file():  # written when a candidate passed the KL filter under capping
+        steered.insert(1, ("clamp", [load_clamp(direction_dir).intervention()]))
+    return [Condition(name, dataset, interventions) for dataset in ("harmful", "harmless")
+            for name, interventions in [("baseline", ()), *steered]]
 
 
 def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
@@ -106,7 +112,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, judge=config.judge,
         refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,
-                                  actadd_candidates=config.actadd_candidates),
+                                  actadd_candidates=config.actadd_candidates, clamp_candidates=config.clamp_candidates),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
 
@@ -129,6 +135,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         key = {**base_key, "condition": name}
         if condition.name == "actadd":  # the added candidate and coefficient may differ from the ablated one
             key["actadd"] = direction.selection.get("actadd")
+        if condition.name == "clamp":
+            key["clamp"] = _clamp_key(direction.selection.get("clamp"))
         if not run.is_done(name, key, [f"completions/{name}.jsonl", f"results/{name}.json"]):
             pending.append((condition, name, key))
     # Harmful and harmless prompts under the same interventions are generated in one batch: on a CPU a
@@ -171,6 +179,17 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         })
         run.mark_done("kl", kl_key)
     results["kl_ablation_harmless"] = json.loads(run.file("results/kl_ablation_harmless.json").read_text())
+    clamped = next((c for c in conditions if c.name == "clamp"), None)
+    if clamped is not None:
+        kl_clamp_key = {**base_key, "stage": "kl_clamp", "clamp": _clamp_key(direction.selection.get("clamp"))}
+        if not run.is_done("kl_clamp", kl_clamp_key, ["results/kl_clamp_harmless.json"]):
+            kl = evaluate_kl(lm, prompts["harmless"], clamped.interventions, batch_size=config.batch_size)
+            write_json(run.file("results/kl_clamp_harmless.json"), {
+                "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
+                "dataset": config.harmless, "split": "test",
+            })
+            run.mark_done("kl_clamp", kl_clamp_key)
+        results["kl_clamp_harmless"] = json.loads(run.file("results/kl_clamp_harmless.json").read_text())
 
     metrics = {
         "model": lm.spec,
@@ -178,7 +197,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         "direction": {k: direction.selection.get(k) for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
                                                               "baseline_refusal_score_harmless", "screen_rank_correlation",
                                                               "rule", "actadd_coef", "actadd_calibration", "actadd",
-                                                              "actadd_search", "config")},
+                                                              "actadd_search", "clamp", "config")},
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),
         "results": results,

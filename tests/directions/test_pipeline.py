@@ -10,6 +10,7 @@ from refusal_steer.directions import pipeline as pipeline_module
 from refusal_steer.directions.io import load_direction
 from refusal_steer.directions.pipeline import DirectionConfig, find_direction
 from refusal_steer.directions.selection import SelectionConfig
+from refusal_steer.interventions import parse_steer as parse_steer_
 
 LOOSE = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=8, actadd_coefs=(1.0, 2.0))
 
@@ -30,8 +31,13 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     out = tmp_path / "direction"
     result = find_direction(lm, config, out, progress=False)
     for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json",
-                 "selection_heatmap.png", "direction.safetensors", "actadd.safetensors", "manifest.json"):
+                 "selection_heatmap.png", "direction.safetensors", "actadd.safetensors", "clamp.safetensors", "manifest.json"):
         assert (out / name).is_file(), name
+    clamp = result.selection["clamp"]  # KL threshold 1e9: the lowest capped bypass among the scored candidates wins
+    assert clamp["point"] is not None and len(clamp["table"]) == 3
+    assert min(clamp["table"], key=lambda row: row["bypass"])["status"] == "selected"
+    (capped,) = parse_steer_(f"clamp:{out}", lm)
+    assert len(capped.points) == lm.n_layers and capped.kind == "clamp"
     saved = load_direction(out)
     assert str(saved.point) == result.selection["point"]
     from refusal_steer.interventions import parse_steer
@@ -80,10 +86,11 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     finally:
         demo_module.SelectionConfig = original
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for name in ("baseline_harmful", "ablation_harmful", "actadd_harmless"):
+    for name in ("baseline_harmful", "ablation_harmful", "clamp_harmful", "clamp_harmless", "actadd_harmless"):
         result = metrics["results"][name]
         assert result["n"] == 4 and 0 <= result["ci95"][0] <= result["refusal_rate"] <= result["ci95"][1] <= 1
-    assert metrics["results"]["kl_ablation_harmless"]["n"] == 4
+    assert metrics["results"]["kl_ablation_harmless"]["n"] == 4 and metrics["results"]["kl_clamp_harmless"]["n"] == 4
+    assert metrics["direction"]["clamp"]["point"] is not None
     # Harmful and harmless prompts of one condition are generated together, then split back in order.
     from refusal_steer.data import load_dataset
     from refusal_steer.evaluation.refusal import evaluate_refusal
@@ -101,7 +108,7 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
         assert [row["text"] for row in rows] == [c.text for c in alone.completions]
         assert metrics["results"][f"ablation_{dataset}"]["k"] == alone.rate.k
     text = report.read_text()
-    assert "95% CI" in text and "selection heatmap" in text
+    assert "95% CI" in text and "selection heatmap" in text and "capped ablation" in text
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "refusal_rates.png").is_file()
 
 
@@ -132,3 +139,29 @@ def test_actadd_dir_reads_the_separately_chosen_direction(make_tiny_lm, prompt_f
     assert str(added.point) == actadd["point"] and added.coef == 3.0
     assert not torch.allclose(added.vector / added.vector.norm(), ablation.direction)
     assert torch.allclose(ablation.direction, load_direction(tmp_path).direction / load_direction(tmp_path).direction.norm())
+
+
+def test_no_clamp_file_when_no_candidate_passes_the_kl_filter(make_tiny_lm, prompt_files, tmp_path):
+    """A KL budget nothing meets under capping: no clamp.safetensors (and none left from an earlier run), and clamp:DIR says why."""
+    from dataclasses import replace
+
+    from refusal_steer.errors import ConfigError
+
+    lm = make_tiny_lm("qwen2")
+    base = dict(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17))
+    find_direction(lm, DirectionConfig(**base, selection=LOOSE), tmp_path, progress=False)
+    assert (tmp_path / "clamp.safetensors").is_file()
+    # Ablation keeps its relaxed filter through a monkeypatch-free route: only capping sees a tiny threshold.
+    import refusal_steer.directions.selection as selection_module
+
+    original = selection_module.select_clamp
+    selection_module.select_clamp = lambda *a, **kw: original(*a, **{**kw, "kl_threshold": -1.0})
+    try:
+        result = find_direction(lm, DirectionConfig(**base, selection=replace(LOOSE, clamp_candidates=2)), tmp_path, progress=False)
+    finally:
+        selection_module.select_clamp = original
+    clamp = result.selection["clamp"]
+    assert clamp["point"] is None and [row["status"] for row in clamp["table"]] == ["filtered: kl"] * 2
+    assert not (tmp_path / "clamp.safetensors").exists()
+    with pytest.raises(ConfigError, match="no capped ablation"):
+        parse_steer_(f"clamp:{tmp_path}", lm)

@@ -60,4 +60,6 @@ def test_short_forms_fail_before_forward(tmp_path, make_tiny_lm):
     with pytest.raises(ConfigError, match="no saved direction"):
         parse_steer(f"actadd:{tmp_path / 'missing'}", lm)
     with pytest.raises(ConfigError, match="cannot read --steer"):
-        parse_steer("clamp:whatever", lm)
+        parse_steer("capped:whatever", lm)
+    with pytest.raises(ConfigError, match="no capped ablation"):
+        parse_steer(f"clamp:{tmp_path / 'missing'}", lm)

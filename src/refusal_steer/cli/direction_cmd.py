@@ -38,6 +38,7 @@ def direction(
     full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
     relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
     actadd_candidates: int = typer.Option(0, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). Default 0: add the selected direction (Arditi et al.); see docs/results.md for what the alternatives cost in fluency."),
+    clamp_candidates: int = typer.Option(8, help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/clamp.safetensors (what clamp:OUT applies). 0 = skip."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
     judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
     dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),
@@ -53,7 +54,7 @@ def direction(
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
-                                  actadd_candidates=actadd_candidates, batch_size=batch_size),
+                                  actadd_candidates=actadd_candidates, clamp_candidates=clamp_candidates, batch_size=batch_size),
     )
     lm = load_model(model, dtype=dtype)
     result = find_direction(lm, config, out)
@@ -68,6 +69,7 @@ def direction(
         "rule": result.selection.get("rule"),
         "actadd_coef": result.selection.get("actadd_coef"),
         "actadd": result.selection.get("actadd"),
+        "clamp": {k: v for k, v in (result.selection.get("clamp") or {}).items() if k != "table"} or None,
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
         "selection": str(out / "selection.json"),
@@ -86,6 +88,13 @@ def direction(
                       "(the selected direction could not induce refusal on validation)")
     else:
         console.print(f"  activation addition: the same direction x {summary['actadd_coef']:g}")
+    clamp = result.selection.get("clamp")
+    if clamp and clamp.get("point"):
+        row = next(r for r in clamp["table"] if r["status"] == "selected")
+        console.print(f"  capped ablation (clamp:{out}): {clamp['point']} position {clamp['position']}, "
+                      f"bypass score {row['bypass']:.2f}, KL {row['kl']:.3f}")
+    elif clamp:
+        console.print(f"  capped ablation: no candidate passed KL < {clamp['kl_threshold']:g}; no clamp.safetensors written")
     console.print(f"  wrote {summary['direction']}, {summary['selection']}, {summary['heatmap']}")
 
 

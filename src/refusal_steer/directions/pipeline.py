@@ -9,7 +9,9 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``selection.json`` + ``selection_heatmap.png``: the full score table and the choice;
 - ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads);
 - ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
-  (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``).
+  (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
+- ``clamp.safetensors``: the capped-ablation direction and per-layer ceilings (what ``clamp:DIR`` reads),
+  written when a candidate passed the KL filter under capping (``selection.json["clamp"]``).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..errors import ConfigError
+from ..hooks import HookPoint, Site
 from ..models import LoadedModel
 from ..report.plots import plot_selection_heatmap
 from ..runs import RunDir, write_json
+from .clamp import CLAMP_FILENAME, clamp_ceilings, save_clamp
 from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
 from .io import ACTADD_FILENAME, DIRECTION_FILENAME, save_direction
 from .refusal_tokens import find_refusal_tokens
@@ -138,9 +142,11 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
 
     selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"]}
     outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME, ACTADD_FILENAME]
-    if run.is_done("selection", selection_key, outputs):
+    done = run.is_done("selection", selection_key, outputs)
+    if done:
         selection_json = json.loads(run.file("selection.json").read_text())
-    else:
+        done = (selection_json.get("clamp") or {}).get("point") is None or run.file(CLAMP_FILENAME).is_file()
+    if not done:
         started = time.time()
         selection = select_direction(lm, diffs, prompts["harmful_val"], prompts["harmless_val"], refusal_tokens["token_ids"],
                                      config.selection, system=config.system, progress=progress)
@@ -157,6 +163,11 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
                        selection.direction if selection.actadd_direction is None else selection.actadd_direction,
                        selection.actadd_point, position=actadd["position"], actadd_coef=selection.actadd_coef,
                        same_as_ablation=actadd["same_as_ablation"], **provenance)
+        run.file(CLAMP_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier selection
+        if selection.clamp is not None and selection.clamp.layer is not None:
+            capped = diffs.candidate(selection.clamp.position, selection.clamp.layer)
+            save_clamp(run.path, capped, clamp_ceilings(diffs, capped), HookPoint(Site.RESID_PRE, selection.clamp.layer),
+                       position=selection.clamp.position, **provenance)
         run.mark_done("selection", selection_key, time.time() - started)
         selection_json = json.loads(run.file("selection.json").read_text())  # same value a resumed run returns
     run.write_manifest(stage="direction", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))

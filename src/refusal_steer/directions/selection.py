@@ -21,6 +21,10 @@ lifts harmless refusal above the target (on small models the direction that abla
 KL budget is often a weak inducer), the next lowest-bypass candidates are calibrated in turn
 (``actadd_candidates``) and the first that reaches the target is added instead (:func:`choose_actadd`).
 Which direction each intervention uses is recorded, and ``actadd_candidates=0`` keeps the single one.
+
+Finally the ``clamp_candidates`` lowest-bypass candidates are scored under *capped* ablation
+(:mod:`.clamp`: the projection is lowered to the harmless level instead of to zero), with the same
+KL filter; the choice is recorded under ``clamp`` and is what ``clamp:DIR`` applies.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..errors import ConfigError, RefusalSteerError
 from ..hooks import HookPoint, Site
 from ..interventions import Add, all_layers_ablation
 from ..models import LoadedModel
+from .clamp import ClampChoice, select_clamp
 from .diff_in_means import MeanDiffs
 from .scores import kl_divergence, last_token_logprobs, refusal_log_odds
 from .screening import estimate_ablation_effects
@@ -71,6 +76,10 @@ class SelectionConfig:
     direction, as Arditi et al. do). Off by default: on the default model the alternatives that reach the
     target are late-layer candidates whose addition makes the model loop ("I'm sorry, I can not as I as
     I as I ..."), which the substring judge counts as refusals (docs/results.md)."""
+    clamp_candidates: int = 8
+    """Score this many of the lowest-bypass candidates under capped ablation and choose one for ``clamp:DIR``
+    (0: skip). Capping leaves harmless-level activations alone, so within the same KL budget it can use
+    candidates whose full ablation costs too much KL (docs/results.md)."""
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -84,6 +93,8 @@ class SelectionConfig:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if self.actadd_candidates < 0:
             raise ConfigError(f"actadd_candidates={self.actadd_candidates} must be >= 0")
+        if self.clamp_candidates < 0:
+            raise ConfigError(f"clamp_candidates={self.clamp_candidates} must be >= 0 (0 skips capped ablation)")
 
 
 @dataclass
@@ -122,6 +133,8 @@ class Selection:
     actadd_layer: int | None = None
     actadd_direction: torch.Tensor | None = None
     actadd_search: list[dict] = field(default_factory=list)
+    clamp: ClampChoice | None = None
+    """The capped-ablation choice (None when ``clamp_candidates`` is 0)."""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -158,6 +171,7 @@ class Selection:
                 "same_as_ablation": self.actadd_position is None,
             },
             "actadd_search": self.actadd_search,
+            "clamp": None if self.clamp is None else self.clamp.to_json(),
             "config": asdict(self.config),
             "table": [asdict(row) for row in self.table],
             **self.extra,
@@ -298,7 +312,13 @@ def select_direction(
     elif score is None or score <= config.actadd_target:
         logger.warning("no activation-addition coefficient reached log-odds %.2f; using the best one tried, %.2f (log-odds %s)",
                        config.actadd_target, coef, "n/a" if score is None else f"{score:.3f}")
+    clamp = None
+    if config.clamp_candidates:
+        lowest = sorted((r for r in shortlist if r.bypass is not None), key=lambda r: r.bypass)[: config.clamp_candidates]
+        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, harmless_val, base_harmless,
+                             refusal_token_ids, kl_threshold=config.kl_threshold, batch_size=bs, system=system, progress=progress)
     return Selection(
+        clamp=clamp,
         rule=rule,
         actadd_coef=coef,
         actadd_calibration=calibration,

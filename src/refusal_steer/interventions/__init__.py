@@ -1,4 +1,4 @@
-"""Interventions as small frozen values: ablate, add, set-projection, with a shared position selector.
+"""Interventions as small frozen values: ablate, add, set-projection, clamp, with a shared position selector.
 
 Each kind lives in its own module and implements the :class:`~refusal_steer.hooks.Intervention`
 protocol; install a list of them with :func:`refusal_steer.hooks.apply`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ablate import Ablate, all_layers_ablation, residual_writes
 from .add import Add
+from .clamp import Clamp
 from .positions import PositionSpec, parse_positions, position_mask
 from .project import SetProjection
 from .steer_file import load_steer_file, parse_steer, register_kind, save_steer_file, validate_all
@@ -15,6 +16,7 @@ from .steer_file import load_steer_file, parse_steer, register_kind, save_steer_
 __all__ = [
     "Ablate",
     "Add",
+    "Clamp",
     "PositionSpec",
     "SetProjection",
     "all_layers_ablation",

@@ -18,12 +18,18 @@ A steer file (``steer.yaml`` or ``steer.json``) looks like::
         direction: t2
         point: resid_pre.12
         value: 8.0
+      - kind: clamp                   # capped ablation: lower the projection to a ceiling where above it
+        direction: t3
+        points: [resid_pre.10, resid_pre.11]
+        ceilings: [0.4, 0.6]          # one per point
 
 Vectors never go through pickle. The CLI also accepts short forms over a saved direction
 (:mod:`refusal_steer.directions.io`): ``ablate:DIR`` (ablation at every residual write of every layer)
 and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at: ``DIR/actadd.safetensors``
 when selection wrote one, else ``DIR/direction.safetensors``; COEF defaults to the coefficient calibrated
-when the direction was selected, stored as ``actadd_coef``, else 1).
+when the direction was selected, stored as ``actadd_coef``, else 1) and ``clamp:DIR`` (capped ablation at
+``resid_pre`` of every layer with the direction and ceilings of ``DIR/clamp.safetensors``; see
+:mod:`refusal_steer.directions.clamp`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..hooks import Intervention
 from ..models.loaded import LoadedModel
 from .ablate import Ablate, residual_writes
 from .add import Add
+from .clamp import Clamp
 from .project import SetProjection
 
 STEER_FILE_VERSION = 1
@@ -61,6 +68,7 @@ def register_kind(cls: type, tensor_field: str, fields: tuple[str, ...]) -> None
 register_kind(Ablate, "direction", ("points", "positions"))
 register_kind(Add, "vector", ("point", "coef", "positions"))
 register_kind(SetProjection, "direction", ("point", "value", "positions"))
+register_kind(Clamp, "direction", ("points", "ceilings", "positions"))
 
 
 def _plain(value: Any) -> Any:
@@ -150,12 +158,13 @@ def load_steer_file(path: str | Path, lm: LoadedModel | None = None) -> list[Int
 
 
 def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
-    """Parse one CLI ``--steer`` value: ``ablate:DIR``, ``actadd:DIR[:COEF]`` or a steer file path.
+    """Parse one CLI ``--steer`` value: ``ablate:DIR``, ``actadd:DIR[:COEF]``, ``clamp:DIR`` or a steer file path.
 
     Example:
         >>> parse_steer("actadd:runs/dir:-1.5", lm)  # doctest: +SKIP
         [Add(vector=..., point=HookPoint(...resid_pre, 12), coef=-1.5, positions='all')]
     """
+    from ..directions.clamp import load_clamp
     from ..directions.io import load_actadd_direction, load_direction
 
     kind, sep, rest = spec.partition(":")
@@ -175,10 +184,12 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
             # The coefficient calibrated at selection time (see directions/selection.py), else 1.
             coef = float(saved.metadata.get("actadd_coef", 1.0))
         out = [Add(saved.direction, saved.point, coef=coef)]
+    elif sep and kind == "clamp":
+        out = [load_clamp(rest).intervention()]
     elif Path(spec).expanduser().suffix in (".yaml", ".yml", ".json") or Path(spec).expanduser().is_file():
         out = load_steer_file(spec, lm)
     else:
-        raise ConfigError(f"cannot read --steer {spec!r}", fix="write ablate:DIR, actadd:DIR[:COEF] or the path of a steer file (.yaml/.json)")
+        raise ConfigError(f"cannot read --steer {spec!r}", fix="write ablate:DIR, actadd:DIR[:COEF], clamp:DIR or the path of a steer file (.yaml/.json)")
     validate_all(lm, out)
     return out
 

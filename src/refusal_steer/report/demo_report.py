@@ -9,8 +9,9 @@ from typing import Any
 
 from .plots import plot_rates
 
-_CONDITION_LABELS = {"baseline": "baseline", "ablation": "ablate direction (all layers)", "actadd": "add direction"}
-_COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "actadd": "tab:blue"}
+_CONDITION_LABELS = {"baseline": "baseline", "ablation": "ablate direction (all layers)",
+                     "clamp": "capped ablation (to harmless level)", "actadd": "add direction"}
+_COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "clamp": "tab:orange", "actadd": "tab:blue"}
 
 
 def _actadd_sentence(direction: dict[str, Any]) -> str:
@@ -38,6 +39,20 @@ def _actadd_sentence(direction: dict[str, Any]) -> str:
             f"above {target:g} on the validation split, so the best one ({best:.2f}) is used.")
 
 
+def _clamp_sentence(clamp: dict[str, Any]) -> str:
+    """Which candidate capped ablation uses, or why there is none."""
+    if not clamp:
+        return "Capped ablation was not scored (`clamp_candidates` 0)."
+    if not clamp.get("point"):
+        return (f"Capped ablation: none of the {len(clamp.get('table') or [])} candidates scored passed KL < "
+                f"{clamp.get('kl_threshold')} on validation, so it is not evaluated.")
+    row = next(r for r in clamp["table"] if r["status"] == "selected")
+    return (f"Capped ablation (projection lowered to the harmless training mean of each layer, not to 0, at `resid_pre` of "
+            f"every layer) uses `{clamp['point']}` at position {clamp['position']}: bypass score {row['bypass']:.2f}, KL "
+            f"{row['kl']:.3f}, the lowest bypass under capping with KL < {clamp['kl_threshold']:g} among the "
+            f"{len(clamp['table'])} lowest-bypass candidates.")
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -45,7 +60,7 @@ def _pct(value: float) -> str:
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for dataset in ("harmful", "harmless"):
-        for condition in ("baseline", "ablation", "actadd"):
+        for condition in _CONDITION_LABELS:
             name = f"{condition}_{dataset}"
             if name in results:
                 r = results[name]
@@ -80,6 +95,8 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
     direction = metrics["direction"]
     chosen = direction["chosen"]
     kl = metrics["results"].get("kl_ablation_harmless")
+    kl_clamp = metrics["results"].get("kl_clamp_harmless")
+    clamp = direction.get("clamp") or {}
     judge = rows[0]["judge"] if rows else "?"
     lines = [
         f"# refusal-steer demo: {metrics['model']}",
@@ -93,6 +110,8 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
         f"(bypass score {chosen['bypass']:.2f} vs baseline {direction['baseline_refusal_score_harmful']:.2f}; "
         f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}; selection rule `{direction.get('rule')}`). "
         f"Refusal tokens: {metrics.get('refusal_tokens')}. {_actadd_sentence(direction)}",
+        "",
+        _clamp_sentence(clamp),
         "",
         "![selection heatmap](direction/selection_heatmap.png)",
         "",
@@ -110,9 +129,14 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
     if kl:
         lines += ["", f"KL divergence of the next-token distribution on harmless prompts under ablation: "
                       f"**{kl['kl']:.4f}** nats (95% CI [{kl['ci95'][0]:.4f}, {kl['ci95'][1]:.4f}], n={kl['n']})."]
+    if kl_clamp:
+        lines += ["", f"The same under capped ablation: **{kl_clamp['kl']:.4f}** nats "
+                      f"(95% CI [{kl_clamp['ci95'][0]:.4f}, {kl_clamp['ci95'][1]:.4f}], n={kl_clamp['n']})."]
     lines += ["", "![refusal rates](refusal_rates.png)", ""]
     sections = [("harmful", "ablation", "Harmful prompts: baseline vs ablation"),
+                ("harmful", "clamp", "Harmful prompts: baseline vs capped ablation"),
                 ("harmless", "actadd", "Harmless prompts: baseline vs activation addition")]
+    sections = [s for s in sections if f"{s[1]}_{s[0]}" in metrics["results"]]
     for dataset, other, title in sections:
         lines += [f"## {title}", ""]
         for ex in _examples(run_dir, dataset, other):

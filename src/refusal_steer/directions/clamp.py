@@ -1,0 +1,175 @@
+"""Capped ablation of a refusal direction: its ceilings, its selection and its file (``DIR/clamp.safetensors``).
+
+Directional ablation zeroes the projection on the refusal direction for every token, and on small
+models the candidates that remove most refusal also move harmless next-token distributions by more
+than the KL budget (docs/results.md). Capping (:class:`~refusal_steer.interventions.Clamp`) lowers the
+projection at ``resid_pre`` of every layer only where it exceeds the *ceiling* of that layer, the mean
+projection of the harmless training prompts at their post-instruction positions, so tokens already at
+a harmless level stay as they are. Selection scores the lowest-bypass candidates under capping on the
+same validation prompts and with the same KL filter as ablation, and picks the lowest capped bypass.
+
+File format (version 1): tensors ``direction`` ``(d_model,)`` (raw) and ``ceilings`` ``(n_layers,)``;
+metadata ``format`` = ``"refusal-steer/clamp"``, ``version``, ``point``, ``layer``, ``position`` and
+provenance strings. Only safetensors is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
+from ..hooks import HookPoint, Site
+from ..interventions import Clamp
+from ..models import LoadedModel
+from .diff_in_means import MeanDiffs
+from .scores import kl_divergence, last_token_logprobs, refusal_log_odds
+
+logger = logging.getLogger(__name__)
+
+CLAMP_FILENAME = "clamp.safetensors"
+CLAMP_FORMAT = "refusal-steer/clamp"
+
+
+def clamp_ceilings(diffs: MeanDiffs, direction: Tensor) -> Tensor:
+    """Per-layer ceilings ``(n_layers,)``: the harmless training prompts' mean projection on the unit ``direction``.
+
+    The mean is over the post-instruction positions the candidates were fitted at, where the model
+    decides whether to refuse; a harmless prompt sits near it, a harmful one well above it.
+    """
+    unit = direction.to(torch.float32) / direction.norm().clamp_min(1e-12)
+    return (diffs.harmless_mean.to(torch.float32) @ unit).mean(dim=0)
+
+
+def clamp_points(n_layers: int) -> tuple[HookPoint, ...]:
+    """Where capping applies: the input of every block (``resid_pre.0`` ... ``resid_pre.{n-1}``)."""
+    return tuple(HookPoint(Site.RESID_PRE, layer) for layer in range(n_layers))
+
+
+@dataclass(frozen=True, eq=False)
+class SavedClamp:
+    """A capped ablation read from disk: the raw direction, the ceiling of each layer, and metadata."""
+
+    direction: Tensor
+    ceilings: Tensor
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def intervention(self) -> Clamp:
+        """The :class:`Clamp` at ``resid_pre`` of every layer with these ceilings."""
+        return Clamp(self.direction, clamp_points(len(self.ceilings)), ceilings=tuple(self.ceilings.tolist()))
+
+
+def _file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.suffix == ".safetensors" else path / CLAMP_FILENAME
+
+
+def save_clamp(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
+    """Write ``DIR/clamp.safetensors`` (or the named file); return it."""
+    from safetensors.torch import save_file
+
+    file = _file(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {str(k): str(v) for k, v in metadata.items()}
+    meta.update(format=CLAMP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
+    tensors = {"direction": direction.detach().to("cpu", torch.float32).contiguous(),
+               "ceilings": ceilings.detach().to("cpu", torch.float32).contiguous()}
+    tmp = file.with_name(file.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(file)
+    return file
+
+
+def load_clamp(path: str | Path) -> SavedClamp:
+    """Read a capped ablation from ``DIR`` (written by ``refusal-steer direction``) or a ``.safetensors`` file.
+
+    Example:
+        >>> cap = load_clamp("runs/demo/direction").intervention()  # doctest: +SKIP
+    """
+    from safetensors import safe_open
+
+    file = _file(path)
+    if not file.is_file():
+        raise ConfigError(f"no capped ablation at {file}",
+                          fix="rerun `refusal-steer direction` (it writes clamp.safetensors unless --clamp-candidates 0)")
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            missing = {"direction", "ceilings"} - set(handle.keys())
+            if missing:
+                raise CorruptFileError(f"{file} lacks tensor(s) {sorted(missing)}", fix="rerun `refusal-steer direction`")
+            direction, ceilings = handle.get_tensor("direction"), handle.get_tensor("ceilings")
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"cannot read {file}: {exc}", fix="delete it and rerun `refusal-steer direction`") from exc
+    if direction.dim() != 1 or ceilings.dim() != 1:
+        raise ShapeMismatchError(f"{file}: direction {tuple(direction.shape)} and ceilings {tuple(ceilings.shape)} must be vectors")
+    return SavedClamp(direction=direction.to(torch.float32), ceilings=ceilings.to(torch.float32), metadata=metadata)
+
+
+@dataclass
+class ClampChoice:
+    """The capped-ablation selection: the chosen candidate (None if none passed the KL filter) and every row scored."""
+
+    position: int | None
+    layer: int | None
+    table: list[dict]
+    kl_threshold: float
+
+    def to_json(self) -> dict:
+        point = None if self.layer is None else f"resid_pre.{self.layer}"
+        return {"point": point, "position": self.position, "layer": self.layer, "kl_threshold": self.kl_threshold,
+                "sites": "resid_pre of every layer", "ceiling": "mean harmless projection (train, post-instruction positions)",
+                "table": self.table}
+
+
+def select_clamp(
+    lm: LoadedModel,
+    diffs: MeanDiffs,
+    candidates: Sequence[tuple[int, int]],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    base_harmless: Tensor,
+    refusal_token_ids: Sequence[int],
+    *,
+    kl_threshold: float,
+    batch_size: int = 16,
+    system: str | None = None,
+    progress: bool = True,
+) -> ClampChoice:
+    """Among ``candidates`` ((position, layer) pairs), the lowest bypass score under capping with KL below the threshold.
+
+    The bypass score of every candidate is computed; KL (against ``base_harmless``, the unsteered
+    log-probabilities of ``harmless_val``) lazily in ascending bypass order until one passes.
+    """
+    rows: list[dict] = []
+    for position, layer in tqdm(candidates, desc="capped bypass scores", unit="candidate", disable=not progress):
+        direction = diffs.candidate(position, layer)
+        cap = Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
+        logprobs = last_token_logprobs(lm, harmful_val, [cap], batch_size=batch_size, system=system)
+        rows.append({"position": position, "layer": layer, "bypass": refusal_log_odds(logprobs, refusal_token_ids).mean().item(),
+                     "kl": None, "status": "not evaluated"})
+    chosen: dict | None = None
+    for row in sorted(rows, key=lambda r: r["bypass"]):
+        direction = diffs.candidate(row["position"], row["layer"])
+        cap = Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
+        capped = last_token_logprobs(lm, harmless_val, [cap], batch_size=batch_size, system=system)
+        row["kl"] = kl_divergence(base_harmless, capped).mean().item()
+        logger.info("capped ablation pos %d layer %d: bypass %.3f kl %.4f", row["position"], row["layer"], row["bypass"], row["kl"])
+        if math.isfinite(row["kl"]) and row["kl"] < kl_threshold:
+            row["status"] = "selected"
+            chosen = row
+            break
+        row["status"] = "filtered: kl"
+    if chosen is None:
+        logger.warning("no candidate passed the KL filter under capped ablation either")
+    return ClampChoice(position=None if chosen is None else chosen["position"], layer=None if chosen is None else chosen["layer"],
+                       table=rows, kl_threshold=kl_threshold)
