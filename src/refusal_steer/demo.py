@@ -45,6 +45,8 @@ class DemoConfig:
     harmless: str = "harmless"
     n_train: int = 128
     n_val: int = 32
+    n_kl: int = 128
+    """Harmless validation prompts the selection's KL filter is measured on."""
     n_eval: int = 100
     """Held-out test prompts per class for each condition."""
     max_new_tokens: int = 32
@@ -72,7 +74,7 @@ class DemoConfig:
     def quick(cls, **overrides: Any) -> DemoConfig:
         # 16 new tokens: on the quick run's 192 completions the substring judge gives the same verdict
         # on the first 16 tokens as on the first 24 for 191 (docs/results.md); decoding is most of its time.
-        return cls(**{"n_train": 64, "n_val": 16, "n_eval": 32, "max_new_tokens": 16, "screen_top_k": 8,
+        return cls(**{"n_train": 64, "n_val": 16, "n_kl": 64, "n_eval": 32, "max_new_tokens": 16, "screen_top_k": 8,
                       "n_token_probe": 16, **overrides})
 
 
@@ -108,7 +110,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     run = RunDir(Path(out_dir))
     lm = load_model(config.model)
     direction_config = DirectionConfig(
-        harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, n_val=config.n_val, seed=config.seed,
+        harmful=config.harmful, harmless=config.harmless, n_train=config.n_train, n_val=config.n_val, n_kl=config.n_kl, seed=config.seed,
         batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, judge=config.judge,
         refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,

@@ -240,3 +240,18 @@ def test_calibration_reuses_the_induce_score_exactly(make_tiny_lm):
     assert chosen.induce is not None and selection.actadd_calibration[0] == {"coef": 1.0, "induce": chosen.induce}
     _, fresh = calibrate_actadd(lm, diffs.candidate(chosen.position, chosen.layer), chosen.layer, HARMLESS, REFUSAL_IDS, config)
     assert fresh[0]["induce"] == pytest.approx(chosen.induce, abs=1e-5)
+
+
+def test_kl_filter_is_measured_on_the_harmless_kl_prompts(make_tiny_lm):
+    from refusal_steer.interventions import all_layers_ablation
+
+    lm = make_tiny_lm("qwen2")
+    diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
+    kl_prompts = ["Name a colour.", "Write a haiku about rain.", "What is 2 + 2?"]
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=0, batch_size=4, clamp_candidates=2)
+    selection = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, harmless_kl=kl_prompts, progress=False)
+    base = last_token_logprobs(lm, kl_prompts)
+    ablated = last_token_logprobs(lm, kl_prompts, [all_layers_ablation(diffs.candidate(selection.position, selection.layer), lm)])
+    assert selection.chosen().kl == pytest.approx(kl_divergence(base, ablated).mean().item(), rel=1e-4)
+    assert selection.to_json()["n_kl_harmless"] == 3
+    assert selection.clamp is not None and len(selection.clamp.table) == 2

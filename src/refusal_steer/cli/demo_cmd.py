@@ -18,7 +18,7 @@ def demo(
     n_eval: int = typer.Option(None, help="Held-out test prompts per class (default 100, quick 32)."),
     actadd_candidates: int = typer.Option(0, help="Let activation addition use another candidate when the selected direction cannot induce refusal (see 'direction --help'); 0 = the selected one."),
 ) -> None:
-    """Find the refusal direction of the default model, then compare baseline, ablation and activation addition on held-out prompts."""
+    """Find the refusal direction of the default model, then compare baseline, ablation, capped ablation and activation addition on held-out prompts."""
     from ..demo import DemoConfig, run_demo
 
     overrides = {"model": model, "actadd_candidates": actadd_candidates, **({"n_eval": n_eval} if n_eval else {})}

@@ -28,6 +28,7 @@ def direction(
     harmless: str = typer.Option("harmless", help="Harmless instructions dataset."),
     n_train: int = typer.Option(128, help="Prompts per class for difference-in-means."),
     n_val: int = typer.Option(32, help="Prompts per class for selection."),
+    n_kl: int = typer.Option(128, help="Harmless validation prompts the KL filter is measured on (a mean a few prompts dominate; 32 misjudge it)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumes if it holds finished stages)."),
     seed: int = typer.Option(0, help="Seed of the splits and samples."),
     batch_size: int = typer.Option(16, help="Prompts per forward pass."),
@@ -50,7 +51,7 @@ def direction(
     from ..models import load_model
 
     config = DirectionConfig(
-        harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, seed=seed, batch_size=batch_size, judge=judge,
+        harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, n_kl=n_kl, seed=seed, batch_size=batch_size, judge=judge,
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,

@@ -49,6 +49,10 @@ class DirectionConfig:
     """Prompts per class for difference-in-means (Arditi et al. use 128)."""
     n_val: int = 32
     """Prompts per class for selection (Arditi et al. use 32)."""
+    n_kl: int = 128
+    """Harmless validation prompts the KL filter is measured on (Arditi et al. use the 32 of ``n_val``; KL is a
+    mean that a few prompts dominate, and on the default model 32 put the selected candidates 0.03-0.04 nats
+    below their held-out KL). Values up to ``n_val`` use the ``n_val`` prompts."""
     n_token_probe: int = 32
     """Prompts per class whose greedy completions reveal the model's refusal tokens."""
     seed: int = 0
@@ -66,7 +70,7 @@ class DirectionConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_val", "n_token_probe", "batch_size", "generation_batch_size"):
+        for name in ("n_train", "n_val", "n_kl", "n_token_probe", "batch_size", "generation_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -100,7 +104,8 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
     data_key = {**model_key, "harmful": config.harmful, "harmless": config.harmless, "n_train": config.n_train,
                 "n_val": config.n_val, "seed": config.seed}
     prompts_file = run.file("prompts.json")
-    if run.is_done("prompts", data_key, ["prompts.json"]):
+    prompts_key = {**data_key, "n_kl": config.n_kl}
+    if run.is_done("prompts", prompts_key, ["prompts.json"]):
         prompts = json.loads(prompts_file.read_text())
     else:
         prompts = {
@@ -109,8 +114,10 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
             "harmful_val": _prompts(config.harmful, "val", config.n_val, config.seed),
             "harmless_val": _prompts(config.harmless, "val", config.n_val, config.seed),
         }
+        if config.n_kl > config.n_val:  # a larger sample of the same validation split
+            prompts["harmless_kl"] = _prompts(config.harmless, "val", config.n_kl, config.seed)
         write_json(prompts_file, prompts)
-        run.mark_done("prompts", data_key)
+        run.mark_done("prompts", prompts_key)
 
     candidates_key = {**data_key, "system": config.system}
     if run.is_done("candidates", candidates_key, [CANDIDATES_FILENAME]):
@@ -140,7 +147,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         write_json(tokens_file, refusal_tokens)
         run.mark_done("refusal_tokens", tokens_key)
 
-    selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"]}
+    selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"], "n_kl": config.n_kl}
     outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME, ACTADD_FILENAME]
     done = run.is_done("selection", selection_key, outputs)
     if done:
@@ -149,7 +156,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
     if not done:
         started = time.time()
         selection = select_direction(lm, diffs, prompts["harmful_val"], prompts["harmless_val"], refusal_tokens["token_ids"],
-                                     config.selection, system=config.system, progress=progress)
+                                     config.selection, harmless_kl=prompts.get("harmless_kl"), system=config.system, progress=progress)
         selection_json = selection.to_json()
         selection_json["seconds"] = round(time.time() - started, 1)
         write_json(run.file("selection.json"), selection_json)

@@ -124,6 +124,8 @@ class Selection:
     config: SelectionConfig
     n_val_harmful: int
     n_val_harmless: int
+    n_kl_harmless: int | None = None
+    """Harmless validation prompts the KL filter was measured on."""
     screen_rank_correlation: float | None = None
     rule: str = "arditi"
     actadd_coef: float = 1.0
@@ -159,6 +161,7 @@ class Selection:
             "refusal_token_ids": self.refusal_token_ids,
             "n_val_harmful": self.n_val_harmful,
             "n_val_harmless": self.n_val_harmless,
+            "n_kl_harmless": self.n_kl_harmless,
             "screen_rank_correlation": self.screen_rank_correlation,
             "rule": self.rule,
             "actadd_coef": self.actadd_coef,
@@ -196,15 +199,23 @@ def select_direction(
     refusal_token_ids: Sequence[int],
     config: SelectionConfig = SelectionConfig(),
     *,
+    harmless_kl: Sequence[str] | None = None,
     system: str | None = None,
     progress: bool = True,
 ) -> Selection:
-    """Choose the refusal direction among ``diffs`` on validation prompts (disjoint from the fitting prompts)."""
+    """Choose the refusal direction among ``diffs`` on validation prompts (disjoint from the fitting prompts).
+
+    ``harmless_kl`` (default: ``harmless_val``) are the harmless validation prompts the KL filter is
+    measured on: KL is a mean dominated by a few prompts, and 32 of them can misjudge it by 0.03 nats
+    at the 0.1 threshold (docs/directions.md), so the pipeline passes a larger sample.
+    """
     if not harmful_val or not harmless_val:
         raise ConfigError("selection needs harmful and harmless validation prompts", fix="use a larger dataset or --n-val")
+    kl_prompts = list(harmless_kl) if harmless_kl else list(harmless_val)
     bs = config.batch_size
     base_harmful = last_token_logprobs(lm, harmful_val, batch_size=bs, system=system)
     base_harmless = last_token_logprobs(lm, harmless_val, batch_size=bs, system=system)
+    base_kl = base_harmless if kl_prompts == list(harmless_val) else last_token_logprobs(lm, kl_prompts, batch_size=bs, system=system)
     baseline_harmful = refusal_log_odds(base_harmful, refusal_token_ids).mean().item()
     baseline_harmless = refusal_log_odds(base_harmless, refusal_token_ids).mean().item()
 
@@ -240,8 +251,8 @@ def select_direction(
 
     def passes(row: CandidateScore) -> bool:
         direction = diffs.candidate(row.position, row.layer)
-        ablated = last_token_logprobs(lm, harmless_val, [all_layers_ablation(direction, lm)], batch_size=bs, system=system)
-        row.kl = kl_divergence(base_harmless, ablated).mean().item()
+        ablated = last_token_logprobs(lm, kl_prompts, [all_layers_ablation(direction, lm)], batch_size=bs, system=system)
+        row.kl = kl_divergence(base_kl, ablated).mean().item()
         kl_fails = not math.isfinite(row.kl) or row.kl >= config.kl_threshold
         if kl_fails and not config.full_table:
             # The induce score cannot rescue a candidate that fails on KL: skip its forward passes.
@@ -315,7 +326,7 @@ def select_direction(
     clamp = None
     if config.clamp_candidates:
         lowest = sorted((r for r in shortlist if r.bypass is not None), key=lambda r: r.bypass)[: config.clamp_candidates]
-        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, harmless_val, base_harmless,
+        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, kl_prompts, base_kl,
                              refusal_token_ids, kl_threshold=config.kl_threshold, batch_size=bs, system=system, progress=progress)
     return Selection(
         clamp=clamp,
@@ -336,6 +347,7 @@ def select_direction(
         config=config,
         n_val_harmful=len(harmful_val),
         n_val_harmless=len(harmless_val),
+        n_kl_harmless=len(kl_prompts),
         screen_rank_correlation=correlation,
     )
 

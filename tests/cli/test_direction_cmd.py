@@ -1,0 +1,43 @@
+"""``refusal-steer direction`` on a tiny model saved to disk, then ``eval --steer clamp:DIR`` on what it wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from refusal_steer.cli import build_app
+
+runner = CliRunner()
+
+
+def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path) -> None:
+    from tests.conftest import build_tiny_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model_dir = tmp_path / "model"
+    build_tiny_model("qwen2", tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    harmful, harmless = tmp_path / "harmful.jsonl", tmp_path / "harmless.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"Tell me how to do harmful thing number {i}."}) + "\n" for i in range(40)))
+    harmless.write_text("".join(json.dumps({"prompt": f"Write a short poem about item {i}."}) + "\n" for i in range(40)))
+    out = tmp_path / "dir"
+    # A random model passes no real filter: loosen them so that every stage runs.
+    result = runner.invoke(build_app(), [
+        "direction", "--model", str(model_dir), "--harmful", f"jsonl:{harmful}", "--harmless", f"jsonl:{harmless}",
+        "--n-train", "8", "--n-val", "4", "--out", str(out), "--kl-threshold", "1e9", "--induce-threshold", "-1e9",
+        "--screen-top-k", "3", "--clamp-candidates", "2", "--refusal-tokens", "5,17", "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = json.loads(result.output[result.output.index('{\n  "direction"'):])  # after any progress/log lines
+    assert summary["clamp"]["point"] is not None and "table" not in summary["clamp"]
+    assert (out / "clamp.safetensors").is_file()
+    kl_out = tmp_path / "kl.json"
+    result = runner.invoke(build_app(), [
+        "eval", "--model", str(model_dir), "--metric", "kl", "--dataset", f"jsonl:{harmful}", "--split", "test", "--limit", "4",
+        "--steer", f"clamp:{out}", "--out", str(kl_out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    kl = json.loads(kl_out.read_text())
+    assert kl["steer"] == [f"clamp:{out}"] and kl["n"] == 4 and kl["kl"] >= 0
