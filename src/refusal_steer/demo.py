@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_dataset
-from .directions.clamp import CLAMP_FILENAME, load_clamp
+from .directions.clamp import CLAMP_FILENAME, clamp_summary, load_clamp
 from .directions.io import load_actadd_direction, load_direction
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
@@ -89,11 +89,6 @@ class Condition:
     interventions: Sequence[Intervention] = field(default_factory=tuple)
 
 
-def _clamp_key(clamp: dict | None) -> dict:
-    """The part of the capped-ablation choice a stage's stamp depends on (not the whole score table)."""
-    return {k: v for k, v in (clamp or {}).items() if k != "table"}
-
-
 def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
     ablate = [all_layers_ablation(load_direction(direction_dir).direction, lm)]
     added = load_actadd_direction(direction_dir)  # selection may add another candidate than it ablates
@@ -104,6 +99,20 @@ def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> lis
         steered.insert(1, ("clamp", [load_clamp(direction_dir).intervention()]))
     return [Condition(name, dataset, interventions) for dataset in ("harmful", "harmless")
             for name, interventions in [("baseline", ()), *steered]]
+
+
+def _kl_stage(run: RunDir, lm: LoadedModel, stage: str, key: dict, name: str, interventions: Sequence[Intervention],
+              prompts: Sequence[str], config: DemoConfig) -> dict:
+    """Harmless KL under one condition's interventions, as a resumable stage writing ``results/kl_{name}_harmless.json``."""
+    path = f"results/kl_{name}_harmless.json"
+    if not run.is_done(stage, key, [path]):
+        kl = evaluate_kl(lm, prompts, interventions, batch_size=config.batch_size)
+        write_json(run.file(path), {
+            "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
+            "dataset": config.harmless, "split": "test",
+        })
+        run.mark_done(stage, key)
+    return json.loads(run.file(path).read_text())
 
 
 def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
@@ -140,7 +149,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         if condition.name == "actadd":  # the added candidate and coefficient may differ from the ablated one
             key["actadd"] = direction.selection.get("actadd")
         if condition.name == "clamp":
-            key["clamp"] = _clamp_key(direction.selection.get("clamp"))
+            key["clamp"] = clamp_summary(direction.selection.get("clamp"))
         if not run.is_done(name, key, [f"completions/{name}.jsonl", f"results/{name}.json"]):
             pending.append((condition, name, key))
     # Harmful and harmless prompts under the same interventions are generated in one batch: on a CPU a
@@ -173,27 +182,12 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         name = f"{condition.name}_{condition.dataset}"
         results[name] = json.loads(run.file(f"results/{name}.json").read_text())
 
-    kl_key = {**base_key, "stage": "kl"}
-    if not run.is_done("kl", kl_key, ["results/kl_ablation_harmless.json"]):
-        ablate = _conditions(lm, run.file("direction"), config)[1].interventions
-        kl = evaluate_kl(lm, prompts["harmless"], ablate, batch_size=config.batch_size)
-        write_json(run.file("results/kl_ablation_harmless.json"), {
-            "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
-            "dataset": config.harmless, "split": "test",
-        })
-        run.mark_done("kl", kl_key)
-    results["kl_ablation_harmless"] = json.loads(run.file("results/kl_ablation_harmless.json").read_text())
-    clamped = next((c for c in conditions if c.name == "clamp"), None)
-    if clamped is not None:
-        kl_clamp_key = {**base_key, "stage": "kl_clamp", "clamp": _clamp_key(direction.selection.get("clamp"))}
-        if not run.is_done("kl_clamp", kl_clamp_key, ["results/kl_clamp_harmless.json"]):
-            kl = evaluate_kl(lm, prompts["harmless"], clamped.interventions, batch_size=config.batch_size)
-            write_json(run.file("results/kl_clamp_harmless.json"), {
-                "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
-                "dataset": config.harmless, "split": "test",
-            })
-            run.mark_done("kl_clamp", kl_clamp_key)
-        results["kl_clamp_harmless"] = json.loads(run.file("results/kl_clamp_harmless.json").read_text())
+    steered = {c.name: c.interventions for c in conditions if c.dataset == "harmless"}
+    results["kl_ablation_harmless"] = _kl_stage(run, lm, "kl", {**base_key, "stage": "kl"}, "ablation", steered["ablation"],
+                                                prompts["harmless"], config)
+    if "clamp" in steered:
+        clamp_key = {**base_key, "stage": "kl_clamp", "clamp": clamp_summary(direction.selection.get("clamp"))}
+        results["kl_clamp_harmless"] = _kl_stage(run, lm, "kl_clamp", clamp_key, "clamp", steered["clamp"], prompts["harmless"], config)
 
     metrics = {
         "model": lm.spec,

@@ -46,6 +46,7 @@ def direction(
     as_json: bool = typer.Option(False, "--json", help="Print the selection summary as JSON."),
 ) -> None:
     """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors (and OUT/actadd.safetensors, the direction actadd:OUT adds)."""
+    from ..directions.clamp import clamp_summary
     from ..directions.pipeline import DirectionConfig, find_direction
     from ..directions.selection import SelectionConfig
     from ..models import load_model
@@ -70,7 +71,7 @@ def direction(
         "rule": result.selection.get("rule"),
         "actadd_coef": result.selection.get("actadd_coef"),
         "actadd": result.selection.get("actadd"),
-        "clamp": {k: v for k, v in (result.selection.get("clamp") or {}).items() if k != "table"} or None,
+        "clamp": clamp_summary(result.selection.get("clamp")) or None,
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
         "selection": str(out / "selection.json"),

@@ -53,6 +53,17 @@ def clamp_points(n_layers: int) -> tuple[HookPoint, ...]:
     return tuple(HookPoint(Site.RESID_PRE, layer) for layer in range(n_layers))
 
 
+def candidate_clamp(diffs: MeanDiffs, position: int, layer: int) -> Clamp:
+    """The capped ablation of one candidate: its direction, capped at its ceilings at ``resid_pre`` of every layer."""
+    direction = diffs.candidate(position, layer)
+    return Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
+
+
+def clamp_summary(clamp: dict | None) -> dict:
+    """A ``selection.json`` ``clamp`` entry without its score table: the choice itself (what a resume stamp depends on)."""
+    return {k: v for k, v in (clamp or {}).items() if k != "table"}
+
+
 @dataclass(frozen=True, eq=False)
 class SavedClamp:
     """A capped ablation read from disk: the raw direction, the ceiling of each layer, and metadata."""
@@ -152,15 +163,12 @@ def select_clamp(
     """
     rows: list[dict] = []
     for position, layer in tqdm(candidates, desc="capped bypass scores", unit="candidate", disable=not progress):
-        direction = diffs.candidate(position, layer)
-        cap = Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
-        logprobs = last_token_logprobs(lm, harmful_val, [cap], batch_size=batch_size, system=system)
+        logprobs = last_token_logprobs(lm, harmful_val, [candidate_clamp(diffs, position, layer)], batch_size=batch_size, system=system)
         rows.append({"position": position, "layer": layer, "bypass": refusal_log_odds(logprobs, refusal_token_ids).mean().item(),
                      "kl": None, "status": "not evaluated"})
     chosen: dict | None = None
     for row in sorted(rows, key=lambda r: r["bypass"]):
-        direction = diffs.candidate(row["position"], row["layer"])
-        cap = Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
+        cap = candidate_clamp(diffs, row["position"], row["layer"])
         capped = last_token_logprobs(lm, harmless_val, [cap], batch_size=batch_size, system=system)
         row["kl"] = kl_divergence(base_harmless, capped).mean().item()
         logger.info("capped ablation pos %d layer %d: bypass %.3f kl %.4f", row["position"], row["layer"], row["bypass"], row["kl"])
