@@ -22,13 +22,13 @@ from typing import Any
 
 from .data import load_dataset
 from .directions.clamp import CLAMP_FILENAME, clamp_summary, load_clamp
-from .directions.io import load_actadd_direction, load_direction
+from .directions.io import actadd_intervention, load_direction
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl
 from .evaluation.refusal import evaluate_refusal
 from .hooks import Intervention
-from .interventions import Add, all_layers_ablation
+from .interventions import all_layers_ablation
 from .models import LoadedModel, load_model
 from .report.demo_report import write_demo_report
 from .runs import RunDir, write_json
@@ -64,9 +64,11 @@ class DemoConfig:
     """Prompts per class whose greedy completions reveal the refusal tokens."""
     actadd_coef: float | None = None
     """Activation-addition coefficient; None uses the one calibrated during selection."""
-    actadd_candidates: int = 0
+    actadd_candidates: int = 4
     """Alternatives calibrated for activation addition when the selected direction cannot induce refusal
     (see :func:`refusal_steer.directions.selection.choose_actadd`); 0 adds the selected direction."""
+    actadd_positions: str = "prompt"
+    """Where activation addition adds the direction: the prompt's tokens (default) or ``"all"`` (Arditi et al.)."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
     clamp_candidates: int = 8
@@ -91,9 +93,7 @@ class Condition:
 
 def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
     ablate = [all_layers_ablation(load_direction(direction_dir).direction, lm)]
-    added = load_actadd_direction(direction_dir)  # selection may add another candidate than it ablates
-    coef = config.actadd_coef if config.actadd_coef is not None else float(added.metadata.get("actadd_coef", 1.0))
-    actadd = [Add(added.direction, added.point, coef=coef)]
+    actadd = [actadd_intervention(direction_dir, config.actadd_coef)]  # selection may add another candidate than it ablates
     steered = [("ablation", ablate), ("actadd", actadd)]
     if (direction_dir / CLAMP_FILENAME).is_file():  # written when a candidate passed the KL filter under capping
         steered.insert(1, ("clamp", [load_clamp(direction_dir).intervention()]))
@@ -125,7 +125,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         batch_size=config.batch_size, generation_batch_size=config.generation_batch_size, judge=config.judge,
         refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,
-                                  actadd_candidates=config.actadd_candidates, clamp_candidates=config.clamp_candidates),
+                                  actadd_candidates=config.actadd_candidates, actadd_positions=config.actadd_positions,
+                                  clamp_candidates=config.clamp_candidates),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
 

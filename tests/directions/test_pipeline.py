@@ -44,6 +44,7 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
 
     (added,) = parse_steer(f"actadd:{out}", lm)
     assert added.coef == result.selection["actadd_coef"] and str(added.point) == result.selection["actadd"]["point"]
+    assert added.positions == result.selection["actadd"]["positions"] == "prompt"
     assert (out / "actadd.safetensors").is_file()
     prompts = json.loads((out / "prompts.json").read_text())
     assert not set(prompts["harmful_train"]) & set(prompts["harmful_val"])

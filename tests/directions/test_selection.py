@@ -124,7 +124,8 @@ def test_strict_filters_fall_back_then_fail_clearly(make_tiny_lm):
                          SelectionConfig(kl_threshold=1e-12, screen_top_k=2), progress=False)
 
 
-@pytest.mark.parametrize("bad", [dict(max_layer_fraction=0), dict(kl_threshold=-1), dict(screen_top_k=-1), dict(actadd_candidates=-1)])
+@pytest.mark.parametrize("bad", [dict(max_layer_fraction=0), dict(kl_threshold=-1), dict(screen_top_k=-1), dict(actadd_candidates=-1),
+                                 dict(actadd_positions="generated")])
 def test_selection_config_validates(bad):
     with pytest.raises(ConfigError):
         SelectionConfig(**bad)

@@ -49,7 +49,26 @@ def test_short_forms(tmp_path, make_tiny_lm):
     (add,) = parse_steer(f"actadd:{tmp_path / 'dir'}:-2", lm)
     assert add.coef == -2.0 and str(add.point) == "resid_pre.2" and torch.equal(add.vector, vector)
     (add,) = parse_steer(f"actadd:{tmp_path / 'dir'}", lm)
-    assert add.coef == 1.0
+    assert add.coef == 1.0 and add.positions == "all"  # a file without actadd_positions: every token, as before
+
+
+def test_actadd_short_form_uses_the_recorded_coefficient_and_positions(tmp_path, make_tiny_lm):
+    """actadd:DIR adds at the positions selection recorded; an explicit COEF overrides only the coefficient."""
+    from refusal_steer.generation import generate
+
+    lm = make_tiny_lm("qwen2")
+    vector = torch.randn(lm.d_model) * 5
+    save_direction(tmp_path / "dir", vector, "resid_pre.1", actadd_coef=2.5, actadd_positions="prompt")
+    (add,) = parse_steer(f"actadd:{tmp_path / 'dir'}", lm)
+    assert add.coef == 2.5 and add.positions == "prompt"
+    (add,) = parse_steer(f"actadd:{tmp_path / 'dir'}:-1", lm)
+    assert add.coef == -1.0 and add.positions == "prompt"
+    # Prompt-only addition changes the first answer token exactly as adding everywhere does, and nothing after it.
+    everywhere = Add(vector, "resid_pre.1", coef=2.5)
+    runs = {name: generate(lm, ["Say hi."], steer, max_new_tokens=6, progress=False)[0].token_ids
+            for name, steer in [("prompt", [parse_steer(f"actadd:{tmp_path / 'dir'}", lm)[0]]), ("all", [everywhere]), ("none", [])]}
+    assert runs["prompt"][0] == runs["all"][0]
+    assert runs["prompt"] != runs["all"]
 
 
 def test_short_forms_fail_before_forward(tmp_path, make_tiny_lm):

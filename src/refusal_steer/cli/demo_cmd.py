@@ -16,12 +16,13 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="Smaller run: 64/16 fitting prompts, 32 test prompts per class."),
     model: str = typer.Option("default", "--model", "-m", help="Model to run on."),
     n_eval: int = typer.Option(None, help="Held-out test prompts per class (default 100, quick 32)."),
-    actadd_candidates: int = typer.Option(0, help="Let activation addition use another candidate when the selected direction cannot induce refusal (see 'direction --help'); 0 = the selected one."),
+    actadd_candidates: int = typer.Option(4, help="Let activation addition use another candidate when the selected direction cannot induce refusal (see 'direction --help'); 0 = the selected one."),
+    actadd_positions: str = typer.Option("prompt", help="Where activation addition adds the direction: 'prompt' tokens or 'all' (Arditi et al.)."),
 ) -> None:
     """Find the refusal direction of the default model, then compare baseline, ablation, capped ablation and activation addition on held-out prompts."""
     from ..demo import DemoConfig, run_demo
 
-    overrides = {"model": model, "actadd_candidates": actadd_candidates, **({"n_eval": n_eval} if n_eval else {})}
+    overrides = {"model": model, "actadd_candidates": actadd_candidates, "actadd_positions": actadd_positions, **({"n_eval": n_eval} if n_eval else {})}
     config = DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
     if quick and out == Path("runs/demo"):
         out = Path("runs/demo-quick")

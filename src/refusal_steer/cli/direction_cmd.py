@@ -38,7 +38,8 @@ def direction(
     screen_top_k: int = typer.Option(16, help="Exactly score only the k best first-order estimates; 0 = all."),
     full_table: bool = typer.Option(False, help="Compute KL and induce for every exactly scored candidate."),
     relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
-    actadd_candidates: int = typer.Option(0, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). Default 0: add the selected direction (Arditi et al.); see docs/results.md for what the alternatives cost in fluency."),
+    actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). 0: always add the selected direction (Arditi et al.)."),
+    actadd_positions: str = typer.Option("prompt", help="Where actadd:OUT adds the direction: 'prompt' (the prompt's tokens; the answer stays fluent) or 'all' (generated tokens too, as Arditi et al.; strong directions then loop)."),
     clamp_candidates: int = typer.Option(8, help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/clamp.safetensors (what clamp:OUT applies). 0 = skip."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
     judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
@@ -56,7 +57,8 @@ def direction(
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
-                                  actadd_candidates=actadd_candidates, clamp_candidates=clamp_candidates, batch_size=batch_size),
+                                  actadd_candidates=actadd_candidates, actadd_positions=actadd_positions, clamp_candidates=clamp_candidates,
+                                  batch_size=batch_size),
     )
     lm = load_model(model, dtype=dtype)
     result = find_direction(lm, config, out)
@@ -87,9 +89,9 @@ def direction(
     actadd = summary["actadd"] or {}
     if actadd and not actadd.get("same_as_ablation"):
         console.print(f"  activation addition uses {actadd['point']} position {actadd['position']} x {actadd['coef']:g} "
-                      "(the selected direction could not induce refusal on validation)")
+                      f"at {actadd.get('positions', 'all')} tokens (the selected direction could not induce refusal on validation)")
     else:
-        console.print(f"  activation addition: the same direction x {summary['actadd_coef']:g}")
+        console.print(f"  activation addition: the same direction x {summary['actadd_coef']:g} at {actadd.get('positions', 'all')} tokens")
     clamp = result.selection.get("clamp")
     if clamp and clamp.get("point"):
         row = next(r for r in clamp["table"] if r["status"] == "selected")

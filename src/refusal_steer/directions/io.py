@@ -1,6 +1,7 @@
 """The saved-direction format: ``DIR/direction.safetensors`` (what ``ablate:DIR`` reads) and
 ``DIR/actadd.safetensors`` (what ``actadd:DIR`` reads when present: the direction activation addition
-uses, with its calibrated ``actadd_coef``; see :func:`load_actadd_direction`).
+uses, with its calibrated ``actadd_coef`` and the ``actadd_positions`` it is added at; see
+:func:`actadd_intervention`).
 
 Format (version 1):
 
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from ..hooks import HookPoint
+from ..interventions.add import Add
 
 DIRECTION_FILENAME = "direction.safetensors"
 ACTADD_FILENAME = "actadd.safetensors"
@@ -104,6 +106,19 @@ def load_actadd_direction(path: str | Path) -> SavedDirection:
     if folder.suffix != ".safetensors" and (folder / ACTADD_FILENAME).is_file():
         return load_direction(folder / ACTADD_FILENAME)
     return load_direction(folder)
+
+
+def actadd_intervention(path: str | Path, coef: float | None = None) -> Add:
+    """The activation addition ``actadd:DIR[:COEF]`` applies: the direction of :func:`load_actadd_direction` at its point.
+
+    ``coef`` defaults to the coefficient calibrated at selection (``actadd_coef``, else 1); the positions
+    are the recorded ``actadd_positions`` (``"prompt"`` for directions selected since it was recorded,
+    ``"all"`` for older files, which is what they were calibrated and evaluated with).
+    """
+    saved = load_actadd_direction(path)
+    if coef is None:
+        coef = float(saved.metadata.get("actadd_coef", 1.0))
+    return Add(saved.direction, saved.point, coef=coef, positions=saved.metadata.get("actadd_positions", "all"))
 
 
 def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:

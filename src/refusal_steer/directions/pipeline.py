@@ -9,7 +9,7 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``selection.json`` + ``selection_heatmap.png``: the full score table and the choice;
 - ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads);
 - ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
-  (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
+  and positions (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
 - ``clamp.safetensors``: the capped-ablation direction and per-layer ceilings (what ``clamp:DIR`` reads),
   written when a candidate passed the KL filter under capping (``selection.json["clamp"]``).
 """
@@ -164,12 +164,12 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         provenance = dict(rule=selection.rule, model=lm.spec, model_sha256=lm.source_sha256 or "", harmful=config.harmful,
                           harmless=config.harmless, n_train=config.n_train, seed=config.seed, created_by="refusal-steer direction")
         save_direction(run.path, selection.direction, selection.point, position=selection.position, actadd_coef=selection.actadd_coef,
-                       **provenance)
+                       actadd_positions=config.selection.actadd_positions, **provenance)
         actadd = selection_json["actadd"]
         save_direction(run.file(ACTADD_FILENAME),
                        selection.direction if selection.actadd_direction is None else selection.actadd_direction,
                        selection.actadd_point, position=actadd["position"], actadd_coef=selection.actadd_coef,
-                       same_as_ablation=actadd["same_as_ablation"], **provenance)
+                       actadd_positions=config.selection.actadd_positions, same_as_ablation=actadd["same_as_ablation"], **provenance)
         run.file(CLAMP_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier selection
         if selection.clamp is not None and selection.clamp.layer is not None:
             capped = diffs.candidate(selection.clamp.position, selection.clamp.layer)

@@ -21,6 +21,9 @@ lifts harmless refusal above the target (on small models the direction that abla
 KL budget is often a weak inducer), the next lowest-bypass candidates are calibrated in turn
 (``actadd_candidates``) and the first that reaches the target is added instead (:func:`choose_actadd`).
 Which direction each intervention uses is recorded, and ``actadd_candidates=0`` keeps the single one.
+By default the direction is added at the prompt's tokens only (``actadd_positions``), which the
+calibration's first-token score cannot tell from adding it everywhere but generation can: the answer
+that follows stays fluent.
 
 Finally the ``clamp_candidates`` lowest-bypass candidates are scored under *capped* ablation
 (:mod:`.clamp`: the projection is lowered to the harmless level instead of to zero), with the same
@@ -49,6 +52,10 @@ from .screening import estimate_ablation_effects
 logger = logging.getLogger(__name__)
 
 
+ACTADD_POSITIONS = ("prompt", "all")
+"""Where activation addition may add the direction (see :attr:`SelectionConfig.actadd_positions`)."""
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """Options of direction selection; defaults follow Arditi et al. (2024, App. C)."""
@@ -70,12 +77,18 @@ class SelectionConfig:
     """Coefficients tried, smallest first, when calibrating activation addition (empty: skip)."""
     actadd_target: float = 0.0
     """Calibration target: mean harmless refusal log-odds above this (0 = refusal more likely than not)."""
-    actadd_candidates: int = 0
+    actadd_candidates: int = 4
     """If the selected direction's addition misses ``actadd_target``, calibrate up to this many more of the
-    lowest-bypass candidates and add the first that reaches it (0, the default: always add the selected
-    direction, as Arditi et al. do). Off by default: on the default model the alternatives that reach the
-    target are late-layer candidates whose addition makes the model loop ("I'm sorry, I can not as I as
-    I as I ..."), which the substring judge counts as refusals (docs/results.md)."""
+    lowest-bypass candidates and add the first that reaches it (0: always add the selected direction, as
+    Arditi et al. do). On the default model the direction that ablates best within the KL budget is a weak
+    inducer, and the alternative that reaches the target is a late-layer one (docs/results.md)."""
+    actadd_positions: str = "prompt"
+    """Where activation addition adds the direction: ``"prompt"`` (the prompt's tokens only) or ``"all"``
+    (every token, generated ones too, as Arditi et al. do). The first answer token, where refusal is decided
+    and calibration measures it, sees only prompt positions, so calibration is the same for both; adding at
+    generated tokens as well pushes every later step off-distribution, and on the default model it makes
+    the strong late-layer candidates loop ("I'm sorry, I can not as I as I ...") where ``"prompt"`` gives
+    the model's own fluent refusal (docs/results.md)."""
     clamp_candidates: int = 8
     """Score this many of the lowest-bypass candidates under capped ablation and choose one for ``clamp:DIR``
     (0: skip). Capping leaves harmless-level activations alone, so within the same KL budget it can use
@@ -93,6 +106,9 @@ class SelectionConfig:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if self.actadd_candidates < 0:
             raise ConfigError(f"actadd_candidates={self.actadd_candidates} must be >= 0")
+        if self.actadd_positions not in ACTADD_POSITIONS:
+            raise ConfigError(f"actadd_positions={self.actadd_positions!r} must be one of {', '.join(ACTADD_POSITIONS)}",
+                              fix="use 'prompt' (add at prompt tokens) or 'all' (every token, Arditi et al.)")
         if self.clamp_candidates < 0:
             raise ConfigError(f"clamp_candidates={self.clamp_candidates} must be >= 0 (0 skips capped ablation)")
 
@@ -171,6 +187,7 @@ class Selection:
                 "position": self.position if self.actadd_position is None else self.actadd_position,
                 "layer": self.actadd_point.layer,
                 "coef": self.actadd_coef,
+                "positions": self.config.actadd_positions,
                 "same_as_ablation": self.actadd_position is None,
             },
             "actadd_search": self.actadd_search,

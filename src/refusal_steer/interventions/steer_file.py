@@ -27,7 +27,8 @@ Vectors never go through pickle. The CLI also accepts short forms over a saved d
 (:mod:`refusal_steer.directions.io`): ``ablate:DIR`` (ablation at every residual write of every layer)
 and ``actadd:DIR[:COEF]`` (add the raw direction at the point it was computed at: ``DIR/actadd.safetensors``
 when selection wrote one, else ``DIR/direction.safetensors``; COEF defaults to the coefficient calibrated
-when the direction was selected, stored as ``actadd_coef``, else 1) and ``clamp:DIR`` (capped ablation at
+when the direction was selected, stored as ``actadd_coef``, else 1; added at the positions stored as
+``actadd_positions``: the prompt's tokens for directions selected by this version) and ``clamp:DIR`` (capped ablation at
 ``resid_pre`` of every layer with the direction and ceilings of ``DIR/clamp.safetensors``; see
 :mod:`refusal_steer.directions.clamp`).
 """
@@ -162,10 +163,10 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
 
     Example:
         >>> parse_steer("actadd:runs/dir:-1.5", lm)  # doctest: +SKIP
-        [Add(vector=..., point=HookPoint(...resid_pre, 12), coef=-1.5, positions='all')]
+        [Add(vector=..., point=HookPoint(...resid_pre, 12), coef=-1.5, positions='prompt')]
     """
     from ..directions.clamp import load_clamp
-    from ..directions.io import load_actadd_direction, load_direction
+    from ..directions.io import actadd_intervention, load_direction
 
     kind, sep, rest = spec.partition(":")
     if sep and kind == "ablate":
@@ -179,11 +180,7 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
                 directory, coef = head, float(tail)
             except ValueError:
                 directory = rest
-        saved = load_actadd_direction(directory)
-        if coef is None:
-            # The coefficient calibrated at selection time (see directions/selection.py), else 1.
-            coef = float(saved.metadata.get("actadd_coef", 1.0))
-        out = [Add(saved.direction, saved.point, coef=coef)]
+        out = [actadd_intervention(directory, coef)]  # calibrated coefficient and positions unless COEF is given
     elif sep and kind == "clamp":
         out = [load_clamp(rest).intervention()]
     elif Path(spec).expanduser().suffix in (".yaml", ".yml", ".json") or Path(spec).expanduser().is_file():

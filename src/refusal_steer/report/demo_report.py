@@ -28,6 +28,13 @@ def _actadd_sentence(direction: dict[str, Any]) -> str:
         which = (f"Activation addition adds a different candidate, `{actadd['point']}` at position {actadd['position']}: "
                  f"no coefficient of the selected direction lifted harmless refusal above the target{best_first}, so the "
                  f"next-lowest-bypass candidates were calibrated in turn ({len(search) - 1} tried) and the first that did is used. ")
+    where = {"prompt": " It adds the direction at the prompt's tokens only, so the answer that follows is the model's own.",
+             "all": " It adds the direction at every token, generated ones included (Arditi et al.)."}.get(actadd.get("positions", "all"), "")
+    return _actadd_coef_sentence(which, coef, tries, target) + where
+
+
+def _actadd_coef_sentence(which: str, coef: Any, tries: list[dict[str, Any]], target: float) -> str:
+    """How the activation-addition coefficient was calibrated."""
     if not tries:
         return f"{which}Activation addition uses coefficient {coef}."
     best = max(t["induce"] for t in tries)
