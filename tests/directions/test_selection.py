@@ -162,6 +162,18 @@ def test_actadd_calibration_stops_once_the_score_falls(make_tiny_lm, monkeypatch
     assert coef == 2.0
 
 
+def test_actadd_calibration_takes_the_peak_not_the_first_coefficient_past_the_target(make_tiny_lm, monkeypatch):
+    """Coefficient 1 already clears the target 0, but 2 induces more refusal: the peak is used."""
+    import refusal_steer.directions.selection as selection_module
+
+    lm = make_tiny_lm("qwen2")
+    scores = iter([0.2, 1.5, 0.9, 9.0])
+    monkeypatch.setattr(selection_module, "refusal_log_odds", lambda *_: torch.tensor([next(scores)]))
+    config = SelectionConfig(actadd_coefs=(1.0, 2.0, 3.0, 4.0), actadd_target=0.0, batch_size=2)
+    coef, tries = selection_module.calibrate_actadd(lm, torch.randn(lm.d_model), 1, HARMLESS[:2], REFUSAL_IDS, config)
+    assert coef == 2.0 and [t["coef"] for t in tries] == [1.0, 2.0, 3.0]
+
+
 def _rows(*layers):
     return [CandidateScore(position=-1, layer=layer, bypass=float(i)) for i, layer in enumerate(layers)]
 

@@ -76,7 +76,8 @@ class SelectionConfig:
     actadd_coefs: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     """Coefficients tried, smallest first, when calibrating activation addition (empty: skip)."""
     actadd_target: float = 0.0
-    """Calibration target: mean harmless refusal log-odds above this (0 = refusal more likely than not)."""
+    """A candidate is added only if its best coefficient lifts the mean harmless refusal log-odds above this
+    (0 = refusal more likely than not); otherwise the next ``actadd_candidates`` are tried."""
     actadd_candidates: int = 4
     """If the selected direction's addition misses ``actadd_target``, calibrate up to this many more of the
     lowest-bypass candidates and add the first that reaches it (0: always add the selected direction, as
@@ -406,14 +407,16 @@ def calibrate_actadd(
     system: str | None = None,
     known: dict[float, float] | None = None,
 ) -> tuple[float, list[dict]]:
-    """Smallest coefficient in ``config.actadd_coefs`` whose addition lifts harmless refusal log-odds above the target.
+    """The coefficient in ``config.actadd_coefs`` whose addition gives the highest mean harmless refusal log-odds.
 
     Arditi et al. add the raw difference-in-means (coefficient 1); on smaller models its norm can be
     too short to induce refusal, so we search upward on the validation prompts and report every try.
-    When none reaches the target, returns the coefficient with the highest score: past some norm the
-    addition pushes activations off-distribution and refusal log-odds fall again, so "the largest" would
-    be the worst choice. For the same reason the search stops at the first coefficient that scores
-    lower than the previous one (the peak has been passed; larger ones only fall further).
+    Past some norm the addition pushes activations off-distribution and refusal log-odds fall again,
+    so the search stops at the first coefficient that scores lower than the one before (the peak has
+    been passed; larger ones only fall further) and returns the peak. The peak, not the smallest
+    coefficient past ``config.actadd_target``: one that only just clears the target on a few validation
+    prompts can induce markedly fewer generated refusals than the peak (docs/results.md); the target
+    decides only whether another candidate is tried (:func:`choose_actadd`).
     """
     tries: list[dict] = []
     for coef in config.actadd_coefs:
@@ -425,13 +428,11 @@ def calibrate_actadd(
             score = refusal_log_odds(added, refusal_token_ids).mean().item()
         tries.append({"coef": coef, "induce": score})
         logger.info("activation addition coef %.2f: harmless refusal log-odds %.3f", coef, score)
-        if score > config.actadd_target:
-            return coef, tries
         if len(tries) >= 2 and score < tries[-2]["induce"]:
             break
     if not tries:
         return 1.0, tries
     best = max(tries, key=lambda t: t["induce"])
-    logger.info("no activation-addition coefficient reached log-odds %.2f; the best one tried is %.2f (log-odds %.3f)",
-                config.actadd_target, best["coef"], best["induce"])
+    logger.info("activation addition coefficient %.2f (harmless refusal log-odds %.3f, target %.2f)",
+                best["coef"], best["induce"], config.actadd_target)
     return best["coef"], tries

@@ -40,8 +40,8 @@ def _actadd_coef_sentence(which: str, coef: Any, tries: list[dict[str, Any]], ta
     best = max(t["induce"] for t in tries)
     tried = ", ".join(f"{t['coef']:g}" for t in tries)
     if best > target:
-        return (f"{which}Activation addition uses coefficient {coef:g}, the smallest of {tried} that lifted the mean harmless "
-                f"refusal log-odds above {target:g} on the validation split.")
+        return (f"{which}Activation addition uses coefficient {coef:g}, the one of {tried} with the highest mean harmless "
+                f"refusal log-odds on the validation split ({best:.2f}, above the target {target:g}).")
     return (f"{which}Activation addition uses coefficient {coef:g}: none of {tried} lifted the mean harmless refusal log-odds "
             f"above {target:g} on the validation split, so the best one ({best:.2f}) is used.")
 
