@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .atomic import atomic_save_safetensors, atomic_write_json
 from .errors import ConfigError, CorruptFileError
 from .batching import record_batch
 from .generation import as_prompt, encode_prompts, length_order, run_with_backoff
@@ -65,12 +65,6 @@ def _prompts_sha256(prompts: Sequence[Any]) -> str:
         digest.update(json.dumps(prompt, sort_keys=True, ensure_ascii=False).encode())
         digest.update(b"\0")
     return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def cache_activations(
@@ -240,12 +234,12 @@ def _cache_encoded(
             _write_shard(out / _shard_name(s), tensors, {"start": str(start), "stop": str(stop)})
             manifest["shards"].append({"file": _shard_name(s), "start": start, "stop": stop, "rows": int(tensors[PROMPT_INDEX].shape[0])})
             manifest["shards"].sort(key=lambda e: e["start"])
-            _write_json_atomic(manifest_path, manifest)
+            atomic_write_json(manifest_path, manifest)
     manifest["complete"] = True
     manifest["rows"] = sum(e["rows"] for e in manifest["shards"])
     manifest.setdefault("seconds", 0.0)
     manifest["seconds"] = round(manifest["seconds"] + time.perf_counter() - started, 3)
-    _write_json_atomic(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest)
     return manifest
 
 
@@ -264,7 +258,7 @@ def _start_manifest(path: Path, config: dict[str, Any]) -> dict[str, Any]:
         existing["complete"] = False
         return existing
     manifest = {"format": MANIFEST_FORMAT, "version": 1, "package_version": __version__, "config": config, "shards": [], "complete": False}
-    _write_json_atomic(path, manifest)
+    atomic_write_json(path, manifest)
     return manifest
 
 
@@ -324,11 +318,7 @@ def _cache_shard(
 
 
 def _write_shard(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": MANIFEST_FORMAT, **metadata})
-    os.replace(tmp, path)
+    atomic_save_safetensors(tensors, path, metadata={"format": MANIFEST_FORMAT, **metadata})
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

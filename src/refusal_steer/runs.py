@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,7 @@ def stable_hash(obj: Any) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_save_safetensors
 from ..errors import CorruptFileError, EmptyDatasetError, ShapeMismatchError
 from ..batching import record_batch
 from ..hooks import HookPoint, Site
@@ -48,16 +49,11 @@ class MeanDiffs:
         return self.diffs[self.positions.index(position), layer]
 
     def save(self, path: Path) -> Path:
-        from safetensors.torch import save_file
-
         meta = {**self.metadata, "positions": ",".join(map(str, self.positions)),
                 "n_harmful": str(self.n_harmful), "n_harmless": str(self.n_harmless)}
         tensors = {"diffs": self.diffs.contiguous(), "harmful_mean": self.harmful_mean.contiguous(),
                    "harmless_mean": self.harmless_mean.contiguous()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
+        return atomic_save_safetensors(tensors, path, metadata=meta)
 
     @classmethod
     def load(cls, path: Path) -> MeanDiffs:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_save_safetensors
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from ..hooks import HookPoint
 from ..interventions.add import Add
@@ -123,14 +124,9 @@ def actadd_intervention(path: str | Path, coef: float | None = None) -> Add:
 
 def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:
     """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors`` (or the ``.safetensors`` file named); return the file."""
-    from safetensors.torch import save_file
-
     point = HookPoint.parse(point)
     file = _file(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=DIRECTION_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
-    tmp = file.with_name(file.name + ".tmp")
-    save_file({DIRECTION_TENSOR: direction.detach().to("cpu", torch.float32).contiguous()}, str(tmp), metadata=meta)
-    tmp.replace(file)
-    return file
+    return atomic_save_safetensors({DIRECTION_TENSOR: direction.detach().to("cpu", torch.float32)}, file, metadata=meta)

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from ..atomic import atomic_save_safetensors, atomic_write_text
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from . import registry
 from .base import Sae
@@ -78,34 +78,6 @@ def hook_name_to_point(hook_name: str) -> str:
 
 
 # --------------------------------------------------------------------------- low-level helpers
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file so readers never see a partial file (temp file + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temp file + ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """Read a JSON object, turning parse errors into :class:`CorruptFileError`."""
     try:
@@ -409,8 +381,6 @@ __all__ = [
     "sae_info",
     "point_to_hook_name",
     "hook_name_to_point",
-    "atomic_write_text",
-    "atomic_save_safetensors",
     "read_json",
     "read_safetensors",
 ]

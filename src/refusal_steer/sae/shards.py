@@ -82,7 +82,7 @@ class ActivationShards:
 
 def write_shard(path: str | os.PathLike[str], activations: Tensor, key: str = "activations") -> None:
     """Write one shard (used by tests and small scripts)."""
-    from .io import atomic_save_safetensors
+    from ..atomic import atomic_save_safetensors
 
     atomic_save_safetensors({key: activations.reshape(-1, activations.shape[-1]).to(torch.float32)}, path)
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_save_safetensors, atomic_write_text
 from ..errors import ConfigError, EmptyDatasetError, RefusalSteerError
 from .base import Sae
 from .config import _require
@@ -41,7 +42,7 @@ from .constants import (
     TRAINING_FILENAME,
     WEIGHTS_FILENAME,
 )
-from .io import _load_weights_into, atomic_save_safetensors, atomic_write_text, read_json, read_safetensors, save_sae
+from .io import _load_weights_into, read_json, read_safetensors, save_sae
 
 logger = logging.getLogger(__name__)
 
