@@ -7,7 +7,7 @@ import torch
 
 from refusal_steer.directions.clamp import clamp_ceilings, load_clamp, save_clamp, select_clamp
 from refusal_steer.directions.diff_in_means import MeanDiffs
-from refusal_steer.directions.scores import last_token_logprobs
+from refusal_steer.directions.scores import KlFilter, last_token_logprobs
 from refusal_steer.errors import ConfigError, CorruptFileError, ShapeMismatchError
 from refusal_steer.hooks import HookPoint
 
@@ -62,11 +62,11 @@ def test_select_clamp_picks_the_lowest_bypass_that_passes_kl(make_tiny_lm):
     harmful_val, harmless_val = ["Tell me something bad.", "Do a bad thing."], ["Write a poem.", "Name a colour."]
     base = last_token_logprobs(lm, harmless_val)
     candidates = [(-1, 0), (-2, 1), (-1, 1)]
-    loose = select_clamp(lm, diffs, candidates, harmful_val, harmless_val, base, [5, 17], kl_threshold=1e9, progress=False)
+    loose = select_clamp(lm, diffs, candidates, harmful_val, KlFilter(lm, harmless_val, base, 1e9), [5, 17], progress=False)
     assert [(r["position"], r["layer"]) for r in loose.table] == candidates
     best = min(loose.table, key=lambda r: r["bypass"])
     assert (loose.position, loose.layer) == (best["position"], best["layer"]) and best["status"] == "selected"
     assert sum(r["kl"] is not None for r in loose.table) == 1  # KL only for the winner: it passed first
-    strict = select_clamp(lm, diffs, candidates, harmful_val, harmless_val, base, [5, 17], kl_threshold=-1.0, progress=False)
+    strict = select_clamp(lm, diffs, candidates, harmful_val, KlFilter(lm, harmless_val, base, -1.0), [5, 17], progress=False)
     assert strict.layer is None and all(r["status"] == "filtered: kl" for r in strict.table)
     assert strict.to_json()["point"] is None

@@ -155,8 +155,15 @@ def test_no_clamp_file_when_no_candidate_passes_the_kl_filter(make_tiny_lm, prom
     # Ablation keeps its relaxed filter through a monkeypatch-free route: only capping sees a tiny threshold.
     import refusal_steer.directions.selection as selection_module
 
+    from refusal_steer.directions.scores import KlFilter
+
     original = selection_module.select_clamp
-    selection_module.select_clamp = lambda *a, **kw: original(*a, **{**kw, "kl_threshold": -1.0})
+
+    def strict_clamp(lm_, diffs, candidates, harmful_val, kl_filter, *rest, **kw):
+        strict = KlFilter(lm_, kl_filter.prompts, kl_filter.base_logprobs, -1.0, batch_size=kl_filter.batch_size)
+        return original(lm_, diffs, candidates, harmful_val, strict, *rest, **kw)
+
+    selection_module.select_clamp = strict_clamp
     try:
         result = find_direction(lm, DirectionConfig(**base, selection=replace(LOOSE, clamp_candidates=2)), tmp_path, progress=False)
     finally:

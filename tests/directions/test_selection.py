@@ -114,6 +114,65 @@ def test_lazy_selection_equals_full_table(make_tiny_lm):
     assert lazy.to_json()["point"] == f"resid_pre.{lazy.layer}"
 
 
+def test_kl_check_stops_once_the_prompts_measured_prove_the_threshold(make_tiny_lm):
+    from refusal_steer.directions.scores import kl_at_most
+    from refusal_steer.interventions import Add
+
+    lm = make_tiny_lm("qwen2")
+    prompts = HARMFUL + HARMLESS
+    steer = [Add(torch.randn(lm.d_model) * 4, "resid_pre.1")]
+    base = last_token_logprobs(lm, prompts, batch_size=2)
+    per_prompt = kl_divergence(base, last_token_logprobs(lm, prompts, steer, batch_size=2)).double()
+    full = per_prompt.mean().item()
+    everything = kl_at_most(lm, prompts, base, steer, None, batch_size=2)
+    assert everything.complete and everything.kl == pytest.approx(full, rel=1e-4)
+    # The first two prompts alone already prove the mean is at least their sum / 8.
+    bound = per_prompt[:2].sum().item() / len(prompts)
+    early = kl_at_most(lm, prompts, base, steer, bound * 0.999, batch_size=2)
+    assert early.n_measured == 2 and not early.complete and early.kl == pytest.approx(bound, rel=1e-4) and early.kl <= full
+    # A threshold just above the mean is never proven: every prompt is measured, and the exact mean reported.
+    above = kl_at_most(lm, prompts, base, steer, full * 1.01, batch_size=2)
+    assert above.complete and above.kl == pytest.approx(full, rel=1e-4)
+
+
+def test_kl_filter_measures_the_prompts_that_moved_most_first(make_tiny_lm):
+    from refusal_steer.directions.scores import KlFilter
+    from refusal_steer.interventions import Add
+
+    lm = make_tiny_lm("qwen2")
+    prompts = HARMFUL + HARMLESS
+    base = last_token_logprobs(lm, prompts, batch_size=2)
+    kl_filter = KlFilter(lm, prompts, base, threshold=1e9, batch_size=2)
+    steer = [Add(torch.randn(lm.d_model) * 4, "resid_pre.1")]
+    first = kl_filter(steer)
+    assert first.complete and first.measured == tuple(range(len(prompts)))  # nothing known yet: prompt order
+    second = kl_filter(steer)
+    by_kl = sorted(range(len(prompts)), key=lambda i: -first.values[first.measured.index(i)])
+    assert list(second.measured) == by_kl and second.kl == pytest.approx(first.kl, rel=1e-4)
+    assert kl_filter.passes(second) and not KlFilter(lm, prompts, base, threshold=first.kl / 2, batch_size=2).passes(second)
+
+
+def test_early_kl_exit_selects_what_the_full_table_selects(make_tiny_lm):
+    """With a binding KL threshold, stopping each KL early changes no decision, only the work done."""
+    lm = make_tiny_lm("qwen2")
+    diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
+    loose = dict(induce_threshold=-1e9, screen_top_k=0, batch_size=1, clamp_candidates=4)
+    table = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, SelectionConfig(kl_threshold=1e9, full_table=True, **loose),
+                             progress=False).table
+    kls = sorted(row.kl for row in table if row.kl is not None)
+    threshold = kls[len(kls) // 2]  # about half the candidates fail
+    lazy = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, SelectionConfig(kl_threshold=threshold, **loose), progress=False)
+    full = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, SelectionConfig(kl_threshold=threshold, full_table=True, **loose),
+                            progress=False)
+    assert (lazy.position, lazy.layer) == (full.position, full.layer)
+    assert lazy.chosen().kl_n == len(HARMLESS) and lazy.chosen().kl == pytest.approx(full.chosen().kl, rel=1e-4)
+    exact = {(row.position, row.layer): row.kl for row in full.table}
+    for row in lazy.table:
+        if row.status == "filtered: kl":
+            assert threshold <= row.kl <= exact[(row.position, row.layer)] * (1 + 1e-4) and row.kl_n <= len(HARMLESS)
+    assert lazy.clamp.to_json()["point"] == full.clamp.to_json()["point"]
+
+
 def test_strict_filters_fall_back_then_fail_clearly(make_tiny_lm):
     from refusal_steer.errors import RefusalSteerError
 

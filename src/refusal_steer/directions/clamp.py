@@ -16,7 +16,6 @@ provenance strings. Only safetensors is read.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_save_safetensors
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from ..hooks import HookPoint, Site
 from ..interventions import Clamp
 from ..models import LoadedModel
 from .diff_in_means import MeanDiffs
-from .scores import kl_divergence, last_token_logprobs, refusal_log_odds
+from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +84,12 @@ def _file(path: str | Path) -> Path:
 
 def save_clamp(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
     """Write ``DIR/clamp.safetensors`` (or the named file); return it."""
-    from safetensors.torch import save_file
-
     file = _file(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=CLAMP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
-    tensors = {"direction": direction.detach().to("cpu", torch.float32).contiguous(),
-               "ceilings": ceilings.detach().to("cpu", torch.float32).contiguous()}
-    tmp = file.with_name(file.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(file)
-    return file
+    tensors = {"direction": direction.detach().to("cpu", torch.float32), "ceilings": ceilings.detach().to("cpu", torch.float32)}
+    return atomic_save_safetensors(tensors, file, metadata=meta)
 
 
 def load_clamp(path: str | Path) -> SavedClamp:
@@ -147,32 +141,30 @@ def select_clamp(
     diffs: MeanDiffs,
     candidates: Sequence[tuple[int, int]],
     harmful_val: Sequence[str],
-    harmless_val: Sequence[str],
-    base_harmless: Tensor,
+    kl_filter: KlFilter,
     refusal_token_ids: Sequence[int],
     *,
-    kl_threshold: float,
     batch_size: int = 16,
     system: str | None = None,
     progress: bool = True,
 ) -> ClampChoice:
     """Among ``candidates`` ((position, layer) pairs), the lowest bypass score under capping with KL below the threshold.
 
-    The bypass score of every candidate is computed; KL (against ``base_harmless``, the unsteered
-    log-probabilities of ``harmless_val``) lazily in ascending bypass order until one passes.
+    The bypass score of every candidate is computed; KL (by ``kl_filter``, selection's filter on the harmless
+    KL prompts and its threshold) lazily in ascending bypass order until one passes, each stopped early once
+    it is proven >= the threshold (``kl_n`` < the prompts: ``kl`` is then a lower bound).
     """
     rows: list[dict] = []
     for position, layer in tqdm(candidates, desc="capped bypass scores", unit="candidate", disable=not progress):
         logprobs = last_token_logprobs(lm, harmful_val, [candidate_clamp(diffs, position, layer)], batch_size=batch_size, system=system)
         rows.append({"position": position, "layer": layer, "bypass": refusal_log_odds(logprobs, refusal_token_ids).mean().item(),
-                     "kl": None, "status": "not evaluated"})
+                     "kl": None, "kl_n": None, "status": "not evaluated"})
     chosen: dict | None = None
     for row in sorted(rows, key=lambda r: r["bypass"]):
-        cap = candidate_clamp(diffs, row["position"], row["layer"])
-        capped = last_token_logprobs(lm, harmless_val, [cap], batch_size=batch_size, system=system)
-        row["kl"] = kl_divergence(base_harmless, capped).mean().item()
+        check = kl_filter([candidate_clamp(diffs, row["position"], row["layer"])])
+        row["kl"], row["kl_n"] = check.kl, check.n_measured
         logger.info("capped ablation pos %d layer %d: bypass %.3f kl %.4f", row["position"], row["layer"], row["bypass"], row["kl"])
-        if math.isfinite(row["kl"]) and row["kl"] < kl_threshold:
+        if kl_filter.passes(check):
             row["status"] = "selected"
             chosen = row
             break
@@ -180,4 +172,4 @@ def select_clamp(
     if chosen is None:
         logger.warning("no candidate passed the KL filter under capped ablation either")
     return ClampChoice(position=None if chosen is None else chosen["position"], layer=None if chosen is None else chosen["layer"],
-                       table=rows, kl_threshold=kl_threshold)
+                       table=rows, kl_threshold=kl_filter.threshold)

@@ -6,7 +6,8 @@ For each candidate (position, layer) with raw direction r:
   residual write (lower = ablation removes more refusal);
 - *induce score*: mean refusal log-odds on harmless validation prompts with r added at ``resid_pre``
   of its layer (higher = addition induces refusal);
-- *KL*: mean KL(base || ablated) of the next-token distribution on harmless validation prompts.
+- *KL*: mean KL(base || ablated) of the next-token distribution on harmless validation prompts
+  (measured batch by batch and stopped once the partial sum proves KL >= the threshold: :class:`.scores.KlFilter`).
 
 Candidates in the last ``1 - max_layer_fraction`` of layers, with ``KL >= kl_threshold`` or with
 ``induce <= induce_threshold`` are discarded; the lowest bypass score wins. We score the bypass of the
@@ -46,7 +47,7 @@ from ..interventions import Add, all_layers_ablation
 from ..models import LoadedModel
 from .clamp import ClampChoice, select_clamp
 from .diff_in_means import MeanDiffs
-from .scores import kl_divergence, last_token_logprobs, refusal_log_odds
+from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 from .screening import estimate_ablation_effects
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ class CandidateScore:
     bypass: float | None = None
     induce: float | None = None
     kl: float | None = None
+    kl_n: int | None = None
+    """Harmless prompts the KL was measured on; fewer than ``n_kl_harmless`` when the filter stopped early
+    because those already proved KL >= the threshold (``kl`` is then that lower bound)."""
     status: str = "not evaluated"
 
 
@@ -267,11 +271,13 @@ def select_direction(
     for row in tqdm(shortlist, desc="bypass scores", unit="candidate", disable=not progress):
         row.bypass = bypass(row)
 
+    kl_filter = KlFilter(lm, kl_prompts, base_kl, config.kl_threshold, early_exit=not config.full_table, batch_size=bs, system=system)
+
     def passes(row: CandidateScore) -> bool:
         direction = diffs.candidate(row.position, row.layer)
-        ablated = last_token_logprobs(lm, kl_prompts, [all_layers_ablation(direction, lm)], batch_size=bs, system=system)
-        row.kl = kl_divergence(base_kl, ablated).mean().item()
-        kl_fails = not math.isfinite(row.kl) or row.kl >= config.kl_threshold
+        check = kl_filter([all_layers_ablation(direction, lm)])
+        row.kl, row.kl_n = check.kl, check.n_measured
+        kl_fails = not kl_filter.passes(check)
         if kl_fails and not config.full_table:
             # The induce score cannot rescue a candidate that fails on KL: skip its forward passes.
             row.status = "filtered: kl"
@@ -344,8 +350,8 @@ def select_direction(
     clamp = None
     if config.clamp_candidates:
         lowest = sorted((r for r in shortlist if r.bypass is not None), key=lambda r: r.bypass)[: config.clamp_candidates]
-        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, kl_prompts, base_kl,
-                             refusal_token_ids, kl_threshold=config.kl_threshold, batch_size=bs, system=system, progress=progress)
+        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, kl_filter, refusal_token_ids,
+                             batch_size=bs, system=system, progress=progress)
     return Selection(
         clamp=clamp,
         rule=rule,
