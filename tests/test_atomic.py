@@ -30,3 +30,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
         atomic_save_safetensors({"w": "not a tensor"}, tmp_path / "w.safetensors")  # type: ignore[dict-item]
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    """Not the owner-only mode of a mkstemp file: what open() would create under the current umask."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    atomic_save_safetensors({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    for name in ("a.txt", "w.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ def _replace_via_temp(path: str | os.PathLike[str], write: Callable[[str], None]
     """Call ``write(tmp_path)`` on a fresh temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # A random name rather than tempfile.mkstemp: mkstemp creates files readable by their owner only,
+    # and the renamed file would keep that mode instead of the usual umask-derived one.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -54,4 +55,16 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike[
     from safetensors.torch import save_file
 
     cpu = {name: value.detach().contiguous().cpu() for name, value in tensors.items()}
-    return _replace_via_temp(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        save_file(cpu, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files owner-only; give the usual mode
+
+    return _replace_via_temp(path, write)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

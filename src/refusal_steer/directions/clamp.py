@@ -85,7 +85,6 @@ def _file(path: str | Path) -> Path:
 def save_clamp(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
     """Write ``DIR/clamp.safetensors`` (or the named file); return it."""
     file = _file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=CLAMP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
     tensors = {"direction": direction.detach().to("cpu", torch.float32), "ceilings": ceilings.detach().to("cpu", torch.float32)}

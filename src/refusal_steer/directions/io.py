@@ -126,7 +126,6 @@ def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, 
     """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors`` (or the ``.safetensors`` file named); return the file."""
     point = HookPoint.parse(point)
     file = _file(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=DIRECTION_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
     return atomic_save_safetensors({DIRECTION_TENSOR: direction.detach().to("cpu", torch.float32)}, file, metadata=meta)

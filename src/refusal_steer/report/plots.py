@@ -35,7 +35,7 @@ def plot_selection_heatmap(selection: dict, path: Path, *, title: str = "") -> P
         ("estimated_bypass", "bypass score, first-order estimate", "RdBu_r"),
         ("bypass", "bypass score (refusal log-odds, ablated; lower = less refusal)", "RdBu_r"),
         ("induce", "induce score (log-odds, added, harmless)", "RdBu_r"),
-        ("kl", "KL on harmless under ablation (nats)", "viridis"),
+        ("kl", "KL on harmless under ablation (nats; a lower bound where the filter stopped early)", "viridis"),
     ]
     panels = [p for p in panels if not np.isnan(_grid(table, positions, n_layers, p[0])).all()]
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, n_layers * 0.45), 1.6 + 1.3 * len(panels) * max(1, len(positions) / 4)), squeeze=False)
