@@ -161,3 +161,39 @@ def test_list_datasets_without_counting_is_instant(tmp_cache: Path) -> None:
     infos = {info.name: info for info in list_datasets(count=False)}
     assert set(infos) >= EXPECTED_NAMES
     assert all(info.n is None for info in infos.values())  # nothing cached in a fresh cache
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return f"jsonl:{path}"
+
+
+def test_union_of_datasets_keeps_each_prompt_once_and_its_split(tmp_path: Path) -> None:
+    from refusal_steer.data.splits import assign_split
+
+    a = _jsonl(tmp_path / "a.jsonl", [{"id": f"x{i}", "prompt": f"Harmful request number {i}."} for i in range(60)])
+    b = _jsonl(tmp_path / "b.jsonl", [{"id": f"x{i}", "prompt": f"harmful request number {i}"} for i in range(50, 90)])
+    union = load_dataset(f"{a}+{b}")
+    assert len(union) == 90 and union.info.kind == "instruction" and "duplicates dropped" in union.info.description
+    assert [r.prompt for r in union[:60]] == [f"Harmful request number {i}." for i in range(60)]  # the first occurrence wins
+    assert len({r.id for r in union}) == 90  # b's ids x60..x89 collide with a's and are prefixed
+    for split in ("train", "val", "test"):
+        part = load_dataset(f"{a}+{b}", split=split, seed=3)
+        assert all(assign_split(r.prompt, seed=3) == split for r in part)
+    plus = _jsonl(tmp_path / "b+c.jsonl", [{"prompt": "One."}, {"prompt": "Two."}])
+    assert len(load_dataset(plus)) == 2  # a user file whose path holds a '+' is still one file
+
+
+def test_union_errors_name_the_fix(tmp_path: Path) -> None:
+    a = _jsonl(tmp_path / "a.jsonl", [{"prompt": "Say hi."}])
+    chat = _jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}])
+    with pytest.raises(ConfigError, match="different kinds"):
+        load_dataset(f"{a}+{chat}")
+    with pytest.raises(ConfigError, match="options"):
+        load_dataset(f"{a}+{a}x", column="text")
+    with pytest.raises(ConfigError, match="empty or repeated"):
+        load_dataset(f"{a}+{a}")
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset(f"{a}+no-such-dataset")

@@ -7,6 +7,7 @@ optional content-hash split -> optional seeded subsample.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import logging
@@ -18,8 +19,9 @@ from typing import Any
 
 from ..errors import ConfigError, DatasetNotFoundError, EmptyDatasetError
 from .cache import cache_path, cached_count, read_cache, write_cache
-from .records import RECORD_KINDS, Dataset, DatasetInfo, Record
+from .records import RECORD_KINDS, Dataset, DatasetInfo, Record, record_text
 from .splits import DEFAULT_FRACTIONS, check_fractions, split_dataset
+from .text import normalize_text
 from .user_files import USER_SCHEMES, load_user_file
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,52 @@ def _subsample(ds: Dataset, limit: int, seed: int) -> Dataset:
     return ds.select(sorted(order[:limit]), split=ds.info.split)
 
 
+UNION_SEPARATOR = "+"
+"""Joins dataset names into one dataset: ``advbench+harmbench-val+harmbench-test``."""
+
+
+def _is_user_file(name: str) -> bool:
+    """``jsonl:PATH`` / ``csv:PATH`` naming an existing file (whose path may itself contain a ``+``)."""
+    scheme, sep, path = name.partition(":")
+    return bool(sep) and scheme in USER_SCHEMES and Path(path).expanduser().is_file()
+
+
+def _load_union(names: str, opts: Mapping[str, Any], use_cache: bool) -> Dataset:
+    """Several datasets of one kind as one, in the order named, each prompt once (first occurrence kept).
+
+    Splits are by content hash (:mod:`.splits`), so a prompt lands in the same split in the union as
+    in each part, and the train split of a union never holds a test prompt of a part.
+    """
+    if opts:
+        raise ConfigError(f"dataset options {sorted(opts)} cannot be passed to a union of datasets ({names!r})",
+                          fix="load the datasets one at a time to pass options, or drop them")
+    parts = [part.strip() for part in names.split(UNION_SEPARATOR)]
+    if any(not part for part in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(f"dataset union {names!r} has an empty or repeated name", fix="write e.g. advbench+harmbench-test")
+    loaded = [load_dataset(part, use_cache=use_cache) for part in parts]
+    kinds = {ds.info.kind for ds in loaded}
+    if len(kinds) > 1:
+        listing = ", ".join(f"{ds.info.name} ({ds.info.kind})" for ds in loaded)
+        raise ConfigError(f"cannot join datasets of different kinds: {listing}", fix="join datasets of one kind, e.g. instruction sets")
+    records: list[Record] = []
+    seen_texts: set[str] = set()
+    seen_ids: set[str] = set()
+    for ds in loaded:
+        for record in ds:
+            text = normalize_text(record_text(record))
+            if text in seen_texts:
+                continue
+            seen_texts.add(text)
+            if record.id in seen_ids:
+                record = dataclasses.replace(record, id=f"{ds.info.name}:{record.id}")
+            seen_ids.add(record.id)
+            records.append(record)
+    info = DatasetInfo(name=names, kind=kinds.pop(), n=len(records), license="; ".join(ds.info.license for ds in loaded),
+                       source="; ".join(ds.info.source for ds in loaded),
+                       description="union of " + ", ".join(f"{ds.info.name} ({len(ds)})" for ds in loaded) + ", duplicates dropped")
+    return Dataset(records, info)
+
+
 def load_dataset(
     name_or_spec: str | DatasetSpec,
     *,
@@ -154,7 +202,8 @@ def load_dataset(
     """Load a registered dataset, a spec, or a user file (``jsonl:PATH`` / ``csv:PATH``).
 
     Args:
-        name_or_spec: a name from ``refusal-steer data list``, a :class:`DatasetSpec`, or a user file.
+        name_or_spec: a name from ``refusal-steer data list``, a :class:`DatasetSpec`, a user file, or
+            names joined by ``+`` (``advbench+harmbench-test``: one dataset, each prompt once).
         split: ``"train"``, ``"val"`` or ``"test"`` (or a name from ``fractions``): keep only the records
             whose normalised text hashes into that split under ``seed`` (see :mod:`.splits`).
         limit: keep at most this many records, a seeded subsample in dataset order (smaller limits
@@ -180,7 +229,9 @@ def load_dataset(
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}", fix="pass limit=N with N >= 1, or None")
-    if isinstance(name_or_spec, str) and name_or_spec.split(":", 1)[0] in USER_SCHEMES and ":" in name_or_spec:
+    if isinstance(name_or_spec, str) and UNION_SEPARATOR in name_or_spec and not _is_user_file(name_or_spec):
+        ds = _load_union(name_or_spec, opts, use_cache)
+    elif isinstance(name_or_spec, str) and name_or_spec.split(":", 1)[0] in USER_SCHEMES and ":" in name_or_spec:
         scheme, path = name_or_spec.split(":", 1)
         if set(opts) - {"column"}:
             bad = sorted(set(opts) - {"column"})[0]
