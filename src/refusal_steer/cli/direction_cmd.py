@@ -24,7 +24,7 @@ def _parse_ids(text: str | None) -> tuple[int, ...] | None:
 @app.command("direction")
 def direction(
     model: str = typer.Option("default", "--model", "-m", help="'default', a local dir, a .gguf file or a hub id."),
-    harmful: str = typer.Option("advbench", help="Harmful instructions dataset (train split fits, val split selects)."),
+    harmful: str = typer.Option("advbench", help="Harmful instructions dataset (train split fits, val split selects); join several with '+', e.g. advbench+harmbench-val+harmbench-test."),
     harmless: str = typer.Option("harmless", help="Harmless instructions dataset."),
     n_train: int = typer.Option(128, help="Prompts per class for difference-in-means."),
     n_val: int = typer.Option(32, help="Prompts per class for selection."),
