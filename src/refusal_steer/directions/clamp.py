@@ -25,11 +25,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_save_safetensors
-from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
+from ..errors import ConfigError, ShapeMismatchError
 from ..hooks import HookPoint, Site
 from ..interventions import Clamp
 from ..models import LoadedModel
 from .diff_in_means import MeanDiffs
+from .io import read_tensors, saved_file
 from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,9 @@ class SavedClamp:
         return Clamp(self.direction, clamp_points(len(self.ceilings)), ceilings=tuple(self.ceilings.tolist()))
 
 
-def _file(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.suffix == ".safetensors" else path / CLAMP_FILENAME
-
-
 def save_clamp(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
     """Write ``DIR/clamp.safetensors`` (or the named file); return it."""
-    file = _file(path)
+    file = saved_file(path, CLAMP_FILENAME)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=CLAMP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
     tensors = {"direction": direction.detach().to("cpu", torch.float32), "ceilings": ceilings.detach().to("cpu", torch.float32)}
@@ -97,23 +93,12 @@ def load_clamp(path: str | Path) -> SavedClamp:
     Example:
         >>> cap = load_clamp("runs/demo/direction").intervention()  # doctest: +SKIP
     """
-    from safetensors import safe_open
-
-    file = _file(path)
+    file = saved_file(path, CLAMP_FILENAME)
     if not file.is_file():
         raise ConfigError(f"no capped ablation at {file}",
                           fix="rerun `refusal-steer direction` (it writes clamp.safetensors unless --clamp-candidates 0)")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            missing = {"direction", "ceilings"} - set(handle.keys())
-            if missing:
-                raise CorruptFileError(f"{file} lacks tensor(s) {sorted(missing)}", fix="rerun `refusal-steer direction`")
-            direction, ceilings = handle.get_tensor("direction"), handle.get_tensor("ceilings")
-    except CorruptFileError:
-        raise
-    except Exception as exc:
-        raise CorruptFileError(f"cannot read {file}: {exc}", fix="delete it and rerun `refusal-steer direction`") from exc
+    tensors, metadata = read_tensors(file, ("direction", "ceilings"), fix="rerun `refusal-steer direction`")
+    direction, ceilings = tensors["direction"], tensors["ceilings"]
     if direction.dim() != 1 or ceilings.dim() != 1:
         raise ShapeMismatchError(f"{file}: direction {tuple(direction.shape)} and ceilings {tuple(ceilings.shape)} must be vectors")
     return SavedClamp(direction=direction.to(torch.float32), ceilings=ceilings.to(torch.float32), metadata=metadata)

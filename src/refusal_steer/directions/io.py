@@ -48,9 +48,32 @@ class SavedDirection:
         return self.point.layer
 
 
-def _file(path: str | Path) -> Path:
+def saved_file(path: str | Path, filename: str = DIRECTION_FILENAME) -> Path:
+    """``path`` itself if it names a ``.safetensors`` file, else ``path/filename`` (a direction folder)."""
     path = Path(path).expanduser()
-    return path if path.suffix == ".safetensors" else path / DIRECTION_FILENAME
+    return path if path.suffix == ".safetensors" else path / filename
+
+
+def read_tensors(file: Path, names: tuple[str, ...], *, fix: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The named tensors and the metadata of a safetensors file (never pickle).
+
+    Raises:
+        CorruptFileError: a named tensor is missing, or the file is truncated or not safetensors; ``fix`` says what to do.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            missing = sorted(set(names) - set(handle.keys()))
+            if missing:
+                raise CorruptFileError(f"{file} lacks tensor(s) {missing}", fix=fix)
+            tensors = {name: handle.get_tensor(name) for name in names}
+    except CorruptFileError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(f"cannot read {file}: {exc}", fix=f"{fix}; the file is truncated or not safetensors") from exc
+    return tensors, metadata
 
 
 def load_direction(path: str | Path) -> SavedDirection:
@@ -71,21 +94,11 @@ def load_direction(path: str | Path) -> SavedDirection:
         >>> saved.point, saved.direction.shape  # doctest: +SKIP
         (HookPoint(site=<Site.RESID_PRE: 'resid_pre'>, layer=12, head=None), torch.Size([896]))
     """
-    from safetensors import safe_open
-
-    file = _file(path)
+    file = saved_file(path)
     if not file.is_file():
         raise ConfigError(f"no saved direction at {file}", fix="point at a directory written by the directions stage (it holds direction.safetensors)")
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            if DIRECTION_TENSOR not in handle.keys():
-                raise CorruptFileError(f"{file} has no tensor named {DIRECTION_TENSOR!r}", fix="re-save the direction")
-            direction = handle.get_tensor(DIRECTION_TENSOR)
-    except CorruptFileError:
-        raise
-    except Exception as exc:
-        raise CorruptFileError(f"cannot read {file}: {exc}", fix="re-save the direction; the file is truncated or not safetensors") from exc
+    tensors, metadata = read_tensors(file, (DIRECTION_TENSOR,), fix="re-save the direction")
+    direction = tensors[DIRECTION_TENSOR]
     if direction.dim() != 1:
         raise ShapeMismatchError(f"{file}: direction has shape {tuple(direction.shape)}, expected (d_model,)")
     if "point" in metadata:
@@ -125,7 +138,7 @@ def actadd_intervention(path: str | Path, coef: float | None = None) -> Add:
 def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:
     """Write ``direction`` (raw, float32) and its point to ``DIR/direction.safetensors`` (or the ``.safetensors`` file named); return the file."""
     point = HookPoint.parse(point)
-    file = _file(path)
+    file = saved_file(path)
     meta = {str(k): str(v) for k, v in metadata.items()}
     meta.update(format=DIRECTION_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
     return atomic_save_safetensors({DIRECTION_TENSOR: direction.detach().to("cpu", torch.float32)}, file, metadata=meta)
