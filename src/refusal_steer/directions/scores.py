@@ -51,13 +51,16 @@ class KlCheck:
     """Mean KL over ``n`` prompts, or a proven lower bound on it when the check stopped early."""
 
     kl: float
-    """The mean when ``n_measured == n``; otherwise (sum over the measured prompts) / ``n``, a lower bound."""
-    n_measured: int
+    """The mean when every prompt was measured; otherwise (sum over the measured prompts) / ``n``, a lower bound."""
     n: int
     measured: tuple[int, ...] = ()
     """Indices of the prompts measured, in the order they were measured."""
     values: tuple[float, ...] = ()
     """Their per-prompt KL, in the same order."""
+
+    @property
+    def n_measured(self) -> int:
+        return len(self.measured)
 
     @property
     def complete(self) -> bool:
@@ -102,7 +105,7 @@ def kl_at_most(
         total += per_prompt.sum().item()
         if threshold is not None and len(measured) < n and total / n >= threshold:
             break
-    return KlCheck(kl=total / n if n else 0.0, n_measured=len(measured), n=n, measured=tuple(measured), values=tuple(values))
+    return KlCheck(kl=total / n if n else 0.0, n=n, measured=tuple(measured), values=tuple(values))
 
 
 class KlFilter:
