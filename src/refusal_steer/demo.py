@@ -1,10 +1,12 @@
 """``refusal-steer demo``: the top-down refusal pipeline end to end on the default model.
 
 1. find and select the refusal direction on train/val splits (:mod:`refusal_steer.directions`);
-2. generate on held-out *test* prompts (harmful and harmless) under four conditions: baseline,
-   directional ablation at every layer, capped ablation (the projection lowered to the harmless level;
-   :mod:`refusal_steer.directions.clamp`) and activation addition at the direction's layer;
-3. judge refusals, measure harmless KL under both ablations, and write ``metrics.json``, completions,
+2. generate on held-out *test* prompts (harmful and harmless) under each condition: baseline,
+   directional ablation at every layer (the difference-in-means direction, as Arditi et al.), ablation of
+   the direction refined by gradient descent (:mod:`refusal_steer.directions.optimize`), activation
+   addition at the direction's layer, and optionally capped ablation (the projection lowered to the harmless
+   level; :mod:`refusal_steer.directions.clamp`);
+3. judge refusals, measure harmless KL under every ablation, and write ``metrics.json``, completions,
    plots and a readable ``report.md`` with side-by-side examples.
 
 Every stage is stamped, so an interrupted demo resumes where it stopped.
@@ -23,6 +25,7 @@ from typing import Any
 from .data import load_dataset
 from .directions.clamp import CLAMP_FILENAME, clamp_summary, load_clamp
 from .directions.io import actadd_intervention, load_direction
+from .directions.optimize import OPTIMIZED_FILENAME, OptimizeConfig
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl
@@ -51,7 +54,9 @@ class DemoConfig:
     4 more minutes of selection on 2 cores (docs/results.md has what it changes)."""
     n_eval: int = 100
     """Held-out test prompts per class for each condition."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24
+    """Tokens generated per answer. On session 8's 800 demo completions the substring judge gives the same verdict on the
+    first 24 tokens as on the first 32 for 799 (docs/results.md); decoding is most of the demo's time."""
     batch_size: int = 32
     """Prompts per scoring forward pass (selection, KL)."""
     generation_batch_size: int = 128
@@ -71,15 +76,21 @@ class DemoConfig:
     """Where activation addition adds the direction: the prompt's tokens (default) or ``"all"`` (Arditi et al.)."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
-    clamp_candidates: int = 8
-    """Lowest-bypass candidates scored under capped ablation (0: no capped-ablation condition)."""
+    clamp_candidates: int = 0
+    """Lowest-bypass candidates scored under capped ablation (0, the default: no capped-ablation condition; the refined
+    direction removes more refusal at a lower KL and, unlike capping, bakes into weights, and both do not fit in 15 minutes)."""
+    optimize_steps: int = 10
+    """Gradient steps refining the selected direction (:mod:`refusal_steer.directions.optimize`); 0: no refined-ablation condition."""
+    optimize_n_kl: int = 128
+    """Harmless validation prompts the refinement's KL filter uses (selection keeps ``n_kl``: the refinement checks only a few
+    directions, so the larger sample costs seconds there, not minutes)."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
         # 16 new tokens: on the quick run's 192 completions the substring judge gives the same verdict
         # on the first 16 tokens as on the first 24 for 191 (docs/results.md); decoding is most of its time.
         return cls(**{"n_train": 64, "n_val": 16, "n_kl": 16, "n_eval": 32, "max_new_tokens": 16, "screen_top_k": 8,
-                      "n_token_probe": 16, **overrides})
+                      "n_token_probe": 16, "optimize_steps": 5, "optimize_n_kl": 32, **overrides})
 
 
 @dataclass
@@ -91,14 +102,26 @@ class Condition:
     interventions: Sequence[Intervention] = field(default_factory=tuple)
 
 
-def _conditions(lm: LoadedModel, direction_dir: Path, config: DemoConfig) -> list[Condition]:
+def _conditions(lm: LoadedModel, direction_dir: Path, selection: dict, config: DemoConfig) -> list[Condition]:
     ablate = [all_layers_ablation(load_direction(direction_dir).direction, lm)]
     actadd = [actadd_intervention(direction_dir, config.actadd_coef)]  # selection may add another candidate than it ablates
     steered = [("ablation", ablate), ("actadd", actadd)]
+    refined = _optimization_summary(selection.get("optimization"))  # None when skipped or not asked for
+    if refined and refined["step"] != 0:  # step 0 kept: the refined direction is the selected one, already evaluated
+        steered.insert(1, ("optimized", [all_layers_ablation(load_direction(direction_dir / OPTIMIZED_FILENAME).direction, lm)]))
     if (direction_dir / CLAMP_FILENAME).is_file():  # written when a candidate passed the KL filter under capping
         steered.insert(1, ("clamp", [load_clamp(direction_dir).intervention()]))
     return [Condition(name, dataset, interventions) for dataset in ("harmful", "harmless")
             for name, interventions in [("baseline", ()), *steered]]
+
+
+def _optimization_summary(optimization: dict | None) -> dict | None:
+    """What identifies the refined direction (its kept checkpoint and settings), for stage keys and metrics.json."""
+    if not optimization or optimization.get("skipped"):
+        return None
+    kept = next(c for c in optimization["checkpoints"] if c["step"] == optimization["step"])
+    return {"step": optimization["step"], "kept": kept, "n_targets": optimization["n_targets"], "target": optimization["target"],
+            "config": optimization["config"]}
 
 
 def _kl_stage(run: RunDir, lm: LoadedModel, stage: str, key: dict, name: str, interventions: Sequence[Intervention],
@@ -127,6 +150,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,
                                   actadd_candidates=config.actadd_candidates, actadd_positions=config.actadd_positions,
                                   clamp_candidates=config.clamp_candidates),
+        optimize=OptimizeConfig(steps=config.optimize_steps, n_kl=config.optimize_n_kl),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
 
@@ -142,7 +166,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     results: dict[str, Any] = {}
     base_key = {"config": asdict(config), "model_sha256": lm.source_sha256, "direction": direction.selection["point"],
                 "position": direction.selection["position"]}
-    conditions = _conditions(lm, run.file("direction"), config)
+    conditions = _conditions(lm, run.file("direction"), direction.selection, config)
+    optimized_key = _optimization_summary(direction.selection.get("optimization"))
     pending = []
     for condition in conditions:
         name = f"{condition.name}_{condition.dataset}"
@@ -151,6 +176,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
             key["actadd"] = direction.selection.get("actadd")
         if condition.name == "clamp":
             key["clamp"] = clamp_summary(direction.selection.get("clamp"))
+        if condition.name == "optimized":
+            key["optimized"] = optimized_key
         if not run.is_done(name, key, [f"completions/{name}.jsonl", f"results/{name}.json"]):
             pending.append((condition, name, key))
     # Harmful and harmless prompts under the same interventions are generated in one batch: on a CPU a
@@ -190,6 +217,10 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         clamp_key = {**base_key, "stage": "kl_clamp", "clamp": clamp_summary(direction.selection.get("clamp"))}
         results["kl_clamp_harmless"] = _kl_stage(run, lm, "kl_clamp", clamp_key, "clamp", steered["clamp"], prompts["harmless"], config)
 
+    if "optimized" in steered:
+        results["kl_optimized_harmless"] = _kl_stage(run, lm, "kl_optimized", {**base_key, "stage": "kl_optimized", "optimized": optimized_key},
+                                                     "optimized", steered["optimized"], prompts["harmless"], config)
+
     metrics = {
         "model": lm.spec,
         "model_sha256": lm.source_sha256,
@@ -197,6 +228,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
                                                               "baseline_refusal_score_harmless", "screen_rank_correlation",
                                                               "rule", "actadd_coef", "actadd_calibration", "actadd",
                                                               "actadd_search", "clamp", "config")},
+        "optimization": optimized_key,
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),
         "results": results,

@@ -1,4 +1,4 @@
-"""``refusal-steer direction`` on a tiny model saved to disk, then ``eval --steer clamp:DIR`` on what it wrote."""
+"""``refusal-steer direction`` on a tiny model saved to disk, then ``eval --steer clamp:DIR`` / ``ablate:DIR/optimized.safetensors`` on what it wrote."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     result = runner.invoke(build_app(), [
         "direction", "--model", str(model_dir), "--harmful", f"jsonl:{harmful}", "--harmless", f"jsonl:{harmless}",
         "--n-train", "8", "--n-val", "4", "--out", str(out), "--kl-threshold", "1e9", "--induce-threshold", "-1e9",
-        "--screen-top-k", "3", "--clamp-candidates", "2", "--refusal-tokens", "5,17", "--json"])
+        "--screen-top-k", "3", "--clamp-candidates", "2", "--optimize-steps", "2", "--refusal-tokens", "5,17", "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads(result.output[result.output.index('{\n  "direction"'):])  # after any progress/log lines
     assert summary["clamp"]["point"] is not None and "table" not in summary["clamp"]
@@ -41,3 +41,23 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     assert result.exit_code == 0, (result.output, result.exception)
     kl = json.loads(kl_out.read_text())
     assert kl["steer"] == [f"clamp:{out}"] and kl["n"] == 4 and kl["kl"] >= 0
+    optimized = summary["optimized"]
+    assert optimized["file"] == str(out / "optimized.safetensors") and optimized["step"] in (0, 2)
+    result = runner.invoke(build_app(), [
+        "eval", "--model", str(model_dir), "--metric", "kl", "--dataset", f"jsonl:{harmful}", "--split", "test", "--limit", "4",
+        "--steer", f"ablate:{optimized['file']}", "--out", str(kl_out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert json.loads(kl_out.read_text())["n"] == 4
+    # The refined direction bakes into weights like the selected one: plain transformers matches hook ablation.
+    ortho = tmp_path / "ortho"
+    result = runner.invoke(build_app(), ["orthogonalize", "--model", str(model_dir), "--direction", optimized["file"], "--out", str(ortho)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    from refusal_steer.directions.scores import last_token_logprobs
+    from refusal_steer.interventions import parse_steer
+    from refusal_steer.models import load_model
+
+    lm = load_model(str(model_dir))
+    baked = load_model(str(ortho))  # a plain Hugging Face folder, loaded by transformers with no hooks
+    prompts = ["Write a short poem about item 3.", "Tell me how to do harmful thing number 7."]
+    hooked = last_token_logprobs(lm, prompts, parse_steer(f"ablate:{optimized['file']}", lm))
+    torch.testing.assert_close(last_token_logprobs(baked, prompts), hooked, atol=1e-4, rtol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from refusal_steer.directions import pipeline as pipeline_module
 from refusal_steer.directions.io import load_direction
@@ -30,8 +31,9 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
                              refusal_token_ids=(5, 17), selection=LOOSE)
     out = tmp_path / "direction"
     result = find_direction(lm, config, out, progress=False)
-    for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json",
-                 "selection_heatmap.png", "direction.safetensors", "actadd.safetensors", "clamp.safetensors", "manifest.json"):
+    for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json", "selection_heatmap.png",
+                 "direction.safetensors", "actadd.safetensors", "clamp.safetensors", "optimized.safetensors", "optimization.json",
+                 "manifest.json"):
         assert (out / name).is_file(), name
     clamp = result.selection["clamp"]  # KL threshold 1e9: the lowest capped bypass among the scored candidates wins
     assert clamp["point"] is not None and len(clamp["table"]) == 3
@@ -52,10 +54,32 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     def boom(*args, **kwargs):
         raise AssertionError("finished stage ran again")
 
+    optimization = result.selection["optimization"]
+    assert [c["step"] for c in optimization["checkpoints"]] == [0, 5, 10] and optimization["n_targets"] >= 1
+    (refined,) = parse_steer_(f"ablate:{out / 'optimized.safetensors'}", lm)
+    kept = load_direction(out / "optimized.safetensors")
+    assert kept.metadata["optimized_step"] == str(optimization["step"]) and str(kept.point) == result.selection["point"]
+    assert refined.kind == "ablate" and len(refined.points) == 3 * lm.n_layers
+    assert kept.direction.norm().item() == pytest.approx(saved.direction.norm().item(), rel=1e-5)  # scaled like the selected one
+
     monkeypatch.setattr(pipeline_module, "difference_in_means", boom)
     monkeypatch.setattr(pipeline_module, "select_direction", boom)
+    monkeypatch.setattr(pipeline_module, "optimize_direction", boom)
     again = find_direction(lm, config, out, progress=False)
     assert again.selection == result.selection
+
+
+def test_refinement_is_skipped_with_a_record_when_no_answer_complies(make_tiny_lm, prompt_files, tmp_path, monkeypatch):
+    lm = make_tiny_lm("qwen2")
+    config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17), selection=LOOSE)
+    find_direction(lm, config, tmp_path, progress=False)
+    assert (tmp_path / "optimized.safetensors").is_file()
+    from dataclasses import replace
+
+    monkeypatch.setattr(pipeline_module, "compliance_targets", lambda *a, **k: {})
+    result = find_direction(lm, replace(config, optimize=replace(config.optimize, lr=0.02)), tmp_path, progress=False)
+    assert "no compliant answer" in result.selection["optimization"]["skipped"]
+    assert not (tmp_path / "optimized.safetensors").exists()  # none left from the earlier run
 
 
 def test_changed_inputs_rerun_the_stage(make_tiny_lm, prompt_files, tmp_path):
@@ -76,21 +100,44 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     config = DemoConfig(model=str(model_dir), harmful=prompt_files[0], harmless=prompt_files[1], n_train=6, n_val=3, n_eval=4,
-                        max_new_tokens=3, batch_size=4, screen_top_k=2, refusal_token_ids=(5, 17))
+                        max_new_tokens=3, batch_size=4, screen_top_k=2, refusal_token_ids=(5, 17), clamp_candidates=8, optimize_steps=2,
+                        optimize_n_kl=5)
     # The real filters would reject every candidate of a random model; relax them through the config path.
     import refusal_steer.demo as demo_module
 
-    original = demo_module.SelectionConfig
+    from refusal_steer.directions.optimize import OptimizeConfig
+
+    original, original_optimize = demo_module.SelectionConfig, demo_module.OptimizeConfig
     demo_module.SelectionConfig = lambda **kw: SelectionConfig(**{**kw, "kl_threshold": 1e9, "induce_threshold": -1e9, "actadd_coefs": (1.0,)})
+    demo_module.OptimizeConfig = lambda **kw: OptimizeConfig(**{**kw, "kl_threshold": 1e9})
     try:
         report = run_demo(tmp_path / "run", config, progress=False)
     finally:
-        demo_module.SelectionConfig = original
+        demo_module.SelectionConfig, demo_module.OptimizeConfig = original, original_optimize
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for name in ("baseline_harmful", "ablation_harmful", "clamp_harmful", "clamp_harmless", "actadd_harmless"):
+    # The refined direction is a condition of its own unless the refinement kept the selected direction (step 0).
+    refined = ("optimized",) if metrics["optimization"]["step"] else ()
+    for name in ("baseline_harmful", "ablation_harmful", "clamp_harmful", "clamp_harmless", "actadd_harmless",
+                 *(f"{r}_{d}" for r in refined for d in ("harmful", "harmless"))):
         result = metrics["results"][name]
         assert result["n"] == 4 and 0 <= result["ci95"][0] <= result["refusal_rate"] <= result["ci95"][1] <= 1
-    assert metrics["results"]["kl_ablation_harmless"]["n"] == 4 and metrics["results"]["kl_clamp_harmless"]["n"] == 4
+    for name in ("ablation", "clamp", *refined):
+        assert metrics["results"][f"kl_{name}_harmless"]["n"] == 4
+    assert ("optimized_harmful" in metrics["results"]) == bool(refined) and ("kl_optimized_harmless" in metrics["results"]) == bool(refined)
+    direction_dir = tmp_path / "run" / "direction"
+    selection = json.loads((direction_dir / "selection.json").read_text())
+    optimization = json.loads((direction_dir / "optimization.json").read_text())
+    for step in (0, 2):  # both branches, whatever this run kept
+        checkpoints = [{**c, "step": step if c["status"] == "kept" else c["step"]} for c in optimization["checkpoints"]]
+        names = [c.name for c in demo_module._conditions(lm, direction_dir, {**selection, "optimization": {**optimization, "step": step,
+                                                                                                        "checkpoints": checkpoints}}, config)]
+        assert ("optimized" in names) == (step != 0)
+    refined_condition = next(c for c in demo_module._conditions(lm, direction_dir, {**selection, "optimization": {
+        **optimization, "step": 2, "checkpoints": [{**c, "step": 2} if c["status"] == "kept" else c for c in optimization["checkpoints"]]}},
+        config) if c.name == "optimized")
+    saved = load_direction(direction_dir / "optimized.safetensors").direction
+    torch.testing.assert_close(refined_condition.interventions[0].direction, saved / saved.norm())
+    assert metrics["optimization"]["config"]["steps"] == 2 and len(json.loads((tmp_path / "run" / "direction" / "prompts.json").read_text())["harmless_kl_optimize"]) == 5
     assert metrics["direction"]["clamp"]["point"] is not None
     # Harmful and harmless prompts of one condition are generated together, then split back in order.
     from refusal_steer.data import load_dataset
@@ -109,7 +156,8 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
         assert [row["text"] for row in rows] == [c.text for c in alone.completions]
         assert metrics["results"][f"ablation_{dataset}"]["k"] == alone.rate.k
     text = report.read_text()
-    assert "95% CI" in text and "selection heatmap" in text and "capped ablation" in text
+    assert "95% CI" in text and "selection heatmap" in text and "capped ablation" in text and "Refined direction" in text
+    assert ("stand for it" in text) == (not refined)
     assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "refusal_rates.png").is_file()
 
 

@@ -41,13 +41,17 @@ def direction(
     actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). 0: always add the selected direction (Arditi et al.)."),
     actadd_positions: str = typer.Option("prompt", help="Where actadd:OUT adds the direction: 'prompt' (the prompt's tokens; the answer stays fluent) or 'all' (generated tokens too, as Arditi et al.; strong directions then loop)."),
     clamp_candidates: int = typer.Option(8, help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/clamp.safetensors (what clamp:OUT applies). 0 = skip."),
+    optimize_steps: int = typer.Option(10, help="Refine the selected direction by this many gradient steps (compliant answers to harmful train prompts + harmless KL under ablation; the checkpoint with the lowest validation bypass passing the KL filter is kept) and write OUT/optimized.safetensors (ablate:OUT/optimized.safetensors applies it). 0 = skip."),
+    optimize_kl_weight: float = typer.Option(0.5, help="Weight of the harmless KL term in the refinement."),
+    optimize_lr: float = typer.Option(0.01, help="Adam learning rate of the refinement."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
-    judge: str = typer.Option("substring", help="Judge used to discover refusal tokens."),
+    judge: str = typer.Option("substring", help="Judge used to discover refusal tokens (and, in the refinement, to keep only compliant answers)."),
     dtype: str = typer.Option(None, help="Model dtype (float32, bfloat16, ...)."),
     as_json: bool = typer.Option(False, "--json", help="Print the selection summary as JSON."),
 ) -> None:
-    """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors (and OUT/actadd.safetensors, the direction actadd:OUT adds)."""
+    """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors (and OUT/actadd.safetensors, the direction actadd:OUT adds, and OUT/optimized.safetensors, the refined direction)."""
     from ..directions.clamp import clamp_summary
+    from ..directions.optimize import OptimizeConfig
     from ..directions.pipeline import DirectionConfig, find_direction
     from ..directions.selection import SelectionConfig
     from ..models import load_model
@@ -59,6 +63,7 @@ def direction(
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
                                   actadd_candidates=actadd_candidates, actadd_positions=actadd_positions, clamp_candidates=clamp_candidates,
                                   batch_size=batch_size),
+        optimize=OptimizeConfig(steps=optimize_steps, kl_weight=optimize_kl_weight, lr=optimize_lr, kl_threshold=kl_threshold),
     )
     lm = load_model(model, dtype=dtype)
     result = find_direction(lm, config, out)
@@ -74,6 +79,7 @@ def direction(
         "actadd_coef": result.selection.get("actadd_coef"),
         "actadd": result.selection.get("actadd"),
         "clamp": clamp_summary(result.selection.get("clamp")) or None,
+        "optimized": _optimized_summary(out, result.selection.get("optimization")),
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
         "selection": str(out / "selection.json"),
@@ -99,13 +105,27 @@ def direction(
                       f"bypass score {row['bypass']:.2f}, KL {row['kl']:.3f}")
     elif clamp:
         console.print(f"  capped ablation: no candidate passed KL < {clamp['kl_threshold']:g}; no clamp.safetensors written")
+    optimized = summary["optimized"]
+    if optimized:
+        console.print(f"  optimised direction (ablate:{optimized['file']}): step {optimized['step']}, bypass score "
+                      f"{optimized['bypass']:.2f}, KL {optimized['kl']:.3f} on validation (step 0 is the selected direction)")
     console.print(f"  wrote {summary['direction']}, {summary['selection']}, {summary['heatmap']}")
+
+
+def _optimized_summary(out: Path, optimization: dict | None) -> dict | None:
+    """The kept checkpoint of the refinement, or None when it was skipped."""
+    if not optimization or optimization.get("skipped"):
+        return None
+    kept = next(c for c in optimization["checkpoints"] if c["step"] == optimization["step"])
+    from ..directions.optimize import OPTIMIZED_FILENAME
+
+    return {"file": str(out / OPTIMIZED_FILENAME), "step": kept["step"], "bypass": kept["bypass"], "kl": kept["kl"]}
 
 
 @app.command("orthogonalize")
 def orthogonalize(
     model: str = typer.Option("default", "--model", "-m", help="Model to edit."),
-    direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder with direction.safetensors (from 'direction')."),
+    direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder with direction.safetensors (from 'direction'), or a direction file such as DIR/optimized.safetensors."),
     out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face model folder."),
 ) -> None:
     """Bake directional ablation into the weights and write a standard Hugging Face model folder."""

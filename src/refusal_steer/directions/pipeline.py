@@ -11,7 +11,9 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
   and positions (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
 - ``clamp.safetensors``: the capped-ablation direction and per-layer ceilings (what ``clamp:DIR`` reads),
-  written when a candidate passed the KL filter under capping (``selection.json["clamp"]``).
+  written when a candidate passed the KL filter under capping (``selection.json["clamp"]``);
+- ``optimized.safetensors`` + ``optimization.json``: the selected direction refined by gradient descent
+  (:mod:`.optimize`; what ``ablate:DIR/optimized.safetensors`` reads), when ``optimize.steps`` > 0.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..runs import RunDir, write_json
 from .clamp import CLAMP_FILENAME, clamp_ceilings, save_clamp
 from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
 from .io import ACTADD_FILENAME, DIRECTION_FILENAME, save_direction
+from .optimize import OPTIMIZED_FILENAME, OptimizeConfig, compliance_targets, optimize_direction
 from .refusal_tokens import find_refusal_tokens
 from .selection import SelectionConfig, select_direction
 
@@ -68,6 +71,8 @@ class DirectionConfig:
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip discovery and use these refusal token ids."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    """Refinement of the selected direction by gradient descent (``steps=0`` skips it)."""
 
     def __post_init__(self) -> None:
         for name in ("n_train", "n_val", "n_kl", "n_token_probe", "batch_size", "generation_batch_size"):
@@ -104,7 +109,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
     data_key = {**model_key, "harmful": config.harmful, "harmless": config.harmless, "n_train": config.n_train,
                 "n_val": config.n_val, "seed": config.seed}
     prompts_file = run.file("prompts.json")
-    prompts_key = {**data_key, "n_kl": config.n_kl}
+    prompts_key = {**data_key, "n_kl": config.n_kl, **({"n_kl_optimize": config.optimize.n_kl} if config.optimize.steps > 0 else {})}
     if run.is_done("prompts", prompts_key, ["prompts.json"]):
         prompts = json.loads(prompts_file.read_text())
     else:
@@ -116,6 +121,8 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         }
         if config.n_kl > config.n_val:  # a larger sample of the same validation split
             prompts["harmless_kl"] = _prompts(config.harmless, "val", config.n_kl, config.seed)
+        if config.optimize.steps > 0 and config.optimize.n_kl not in (config.n_val, config.n_kl):
+            prompts["harmless_kl_optimize"] = _prompts(config.harmless, "val", config.optimize.n_kl, config.seed)
         write_json(prompts_file, prompts)
         run.mark_done("prompts", prompts_key)
 
@@ -147,6 +154,8 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         write_json(tokens_file, refusal_tokens)
         run.mark_done("refusal_tokens", tokens_key)
 
+    provenance = dict(model=lm.spec, model_sha256=lm.source_sha256 or "", harmful=config.harmful, harmless=config.harmless,
+                      n_train=config.n_train, seed=config.seed, created_by="refusal-steer direction")
     selection_key = {**tokens_key, "selection": asdict(config.selection), "tokens": refusal_tokens["token_ids"], "n_kl": config.n_kl}
     outputs = ["selection.json", "selection_heatmap.png", DIRECTION_FILENAME, ACTADD_FILENAME]
     done = run.is_done("selection", selection_key, outputs)
@@ -161,21 +170,67 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         selection_json["seconds"] = round(time.time() - started, 1)
         write_json(run.file("selection.json"), selection_json)
         plot_selection_heatmap(selection_json, run.file("selection_heatmap.png"))
-        provenance = dict(rule=selection.rule, model=lm.spec, model_sha256=lm.source_sha256 or "", harmful=config.harmful,
-                          harmless=config.harmless, n_train=config.n_train, seed=config.seed, created_by="refusal-steer direction")
         save_direction(run.path, selection.direction, selection.point, position=selection.position, actadd_coef=selection.actadd_coef,
-                       actadd_positions=config.selection.actadd_positions, **provenance)
+                       actadd_positions=config.selection.actadd_positions, rule=selection.rule, **provenance)
         actadd = selection_json["actadd"]
         save_direction(run.file(ACTADD_FILENAME),
                        selection.direction if selection.actadd_direction is None else selection.actadd_direction,
                        selection.actadd_point, position=actadd["position"], actadd_coef=selection.actadd_coef,
-                       actadd_positions=config.selection.actadd_positions, same_as_ablation=actadd["same_as_ablation"], **provenance)
+                       actadd_positions=config.selection.actadd_positions, same_as_ablation=actadd["same_as_ablation"],
+                       rule=selection.rule, **provenance)
         run.file(CLAMP_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier selection
         if selection.clamp is not None and selection.clamp.layer is not None:
             capped = diffs.candidate(selection.clamp.position, selection.clamp.layer)
             save_clamp(run.path, capped, clamp_ceilings(diffs, capped), HookPoint(Site.RESID_PRE, selection.clamp.layer),
-                       position=selection.clamp.position, **provenance)
+                       position=selection.clamp.position, rule=selection.rule, **provenance)
         run.mark_done("selection", selection_key, time.time() - started)
         selection_json = json.loads(run.file("selection.json").read_text())  # same value a resumed run returns
+    if config.optimize.steps > 0:
+        selection_json["optimization"] = _optimize_stage(run, lm, config, diffs, prompts, refusal_tokens["token_ids"], selection_json,
+                                                         {**selection_key, "optimize": asdict(config.optimize)}, provenance, progress)
     run.write_manifest(stage="direction", model=lm.spec, model_sha256=lm.source_sha256, config=asdict(config))
     return DirectionResult(out_dir=run.path, selection=selection_json, refusal_tokens=refusal_tokens)
+
+
+def _optimize_stage(run: RunDir, lm: LoadedModel, config: DirectionConfig, diffs: MeanDiffs, prompts: dict, refusal_token_ids: list[int],
+                    selection: dict, key: dict, provenance: dict, progress: bool) -> dict:
+    """Refine the selected direction (:mod:`.optimize`) as a resumable stage; return ``optimization.json``."""
+    done = run.is_done("optimize", key, ["optimization.json"])
+    if done and not json.loads(run.file("optimization.json").read_text()).get("skipped"):
+        done = run.file(OPTIMIZED_FILENAME).is_file()
+    if not done:
+        started = time.time()
+        scored = [row for row in selection["table"] if row.get("bypass") is not None]
+        target = min(scored, key=lambda row: row["bypass"])  # the strongest ablation measured, whatever its KL
+        init = diffs.candidate(selection["position"], selection["layer"])
+        run.file(OPTIMIZED_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier run
+        targets = compliance_targets(lm, prompts["harmful_train"], diffs.candidate(target["position"], target["layer"]),
+                                     n_tokens=config.optimize.target_tokens, judge=config.judge,
+                                     batch_size=config.generation_batch_size, system=config.system, progress=progress)
+        report: dict = {"init": {"point": selection["point"], "position": selection["position"]},
+                        "target": {"position": target["position"], "layer": target["layer"], "bypass": target["bypass"]}}
+        if not targets:
+            logger.warning("no harmful train prompt was answered under ablation of the lowest-bypass candidate; the direction is not refined")
+            report["skipped"] = "no compliant answer to train on under ablation of the lowest-bypass candidate"
+        else:
+            found = optimize_direction(
+                lm, init, prompts["harmful_train"], targets, prompts["harmless_train"], prompts["harmful_val"],
+                _optimize_kl_prompts(prompts, config), refusal_token_ids, config.optimize,
+                scoring_batch_size=config.batch_size, system=config.system, progress=progress,
+            )
+            # Unit direction scaled to the difference-in-means norm, so actadd:FILE adds a comparable amount.
+            save_direction(run.file(OPTIMIZED_FILENAME), found.direction * init.norm(), selection["point"], position=selection["position"],
+                           rule="optimized", optimized_step=found.step, **provenance)
+            report.update(found.to_json())
+        report["seconds"] = round(time.time() - started, 1)
+        write_json(run.file("optimization.json"), report)
+        run.mark_done("optimize", key, time.time() - started)
+    return json.loads(run.file("optimization.json").read_text())
+
+
+def _optimize_kl_prompts(prompts: dict, config: DirectionConfig) -> list[str]:
+    """The harmless validation prompts the refinement's KL filter uses: ``optimize.n_kl`` of them, from whichever sample has that many."""
+    n = config.optimize.n_kl
+    if "harmless_kl_optimize" in prompts:
+        return prompts["harmless_kl_optimize"]
+    return prompts["harmless_kl"] if n == config.n_kl and "harmless_kl" in prompts else prompts["harmless_val"]

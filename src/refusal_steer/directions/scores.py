@@ -121,7 +121,9 @@ class KlFilter:
     def __init__(self, lm: LoadedModel, prompts: Sequence[str], base_logprobs: Tensor, threshold: float, *,
                  early_exit: bool = True, batch_size: int = 16, system: str | None = None) -> None:
         self.lm, self.prompts, self.base_logprobs, self.threshold = lm, list(prompts), base_logprobs, threshold
-        self.early_exit, self.batch_size, self.system = early_exit, batch_size, system
+        # At least two batches, so that a failing candidate can be stopped after the first (the demo's 32 KL prompts
+        # at its batch size 32 would otherwise always be measured whole).
+        self.early_exit, self.batch_size, self.system = early_exit, min(batch_size, max(1, math.ceil(len(self.prompts) / 2))), system
         self._moved = torch.zeros(len(self.prompts), dtype=torch.float64)  # summed KL per prompt over checks so far
 
     def __call__(self, interventions: Sequence[Intervention]) -> KlCheck:

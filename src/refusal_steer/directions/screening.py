@@ -51,7 +51,8 @@ class _GradCapture:
 
 
 @contextmanager
-def _frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Turn off gradients of every model parameter for the block (only activations or a steering vector get them)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -85,7 +86,7 @@ def estimate_ablation_effects(
     extra = logits_to_keep(lm.model, 1)
     points = tuple(p for p in residual_writes(lm) if p.site is not Site.RESID_PRE or p.layer == 0)
     total = torch.zeros(units.shape[0], dtype=torch.float64)
-    with _frozen_parameters(lm.model):
+    with frozen_parameters(lm.model):
         batches = range(0, len(encoded), batch_size)
         for start in tqdm(batches, desc="screening candidates (forward+backward)", unit="batch", disable=not progress):
             capture = _GradCapture(points)

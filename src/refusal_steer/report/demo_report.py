@@ -10,8 +10,23 @@ from typing import Any
 from .plots import plot_rates
 
 _CONDITION_LABELS = {"baseline": "baseline", "ablation": "ablate direction (all layers)",
+                     "optimized": "ablate refined direction (all layers)",
                      "clamp": "capped ablation (to harmless level)", "actadd": "add direction"}
-_COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "clamp": "tab:orange", "actadd": "tab:blue"}
+_COLORS = {"baseline": "tab:gray", "ablation": "tab:red", "optimized": "tab:purple", "clamp": "tab:orange", "actadd": "tab:blue"}
+
+
+def _optimized_sentence(optimization: dict[str, Any] | None) -> str:
+    """How the refined direction was trained and which checkpoint was kept."""
+    if not optimization:
+        return "The direction was not refined (`optimize_steps` 0)."
+    kept, config, target = optimization["kept"], optimization["config"], optimization["target"]
+    start = ("the selected direction itself (no later checkpoint passed the KL filter with a lower bypass on validation), so "
+             "the ablation rows below stand for it" if kept["step"] == 0 else f"step {kept['step']}")
+    return (f"Refined direction: {config['steps']} Adam steps from the selected direction, minimising the cross-entropy of "
+            f"{optimization['n_targets']} compliant answers to harmful *train* prompts (written under ablation of the "
+            f"lowest-bypass candidate, position {target['position']} layer {target['layer']}) plus {config['kl_weight']:g} x the "
+            f"harmless next-token KL, with the direction ablated at every layer. Kept: {start}, cosine "
+            f"{kept['cosine_to_init']:.2f} to the selected direction, validation bypass score {kept['bypass']:.2f}, KL {kept['kl']:.3f}.")
 
 
 def _actadd_sentence(direction: dict[str, Any]) -> str:
@@ -118,8 +133,9 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
         f"induce score {chosen['induce']:.2f}; KL {chosen['kl']:.3f}; selection rule `{direction.get('rule')}`). "
         f"Refusal tokens: {metrics.get('refusal_tokens')}. {_actadd_sentence(direction)}",
         "",
-        _clamp_sentence(clamp),
+        _optimized_sentence(metrics.get("optimization")),
         "",
+        *([_clamp_sentence(clamp), ""] if clamp or (direction.get("config") or {}).get("clamp_candidates") else []),
         "![selection heatmap](direction/selection_heatmap.png)",
         "",
         "## Refusal rates",
@@ -136,11 +152,16 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
     if kl:
         lines += ["", f"KL divergence of the next-token distribution on harmless prompts under ablation: "
                       f"**{kl['kl']:.4f}** nats (95% CI [{kl['ci95'][0]:.4f}, {kl['ci95'][1]:.4f}], n={kl['n']})."]
+    kl_optimized = metrics["results"].get("kl_optimized_harmless")
+    if kl_optimized:
+        lines += ["", f"The same under ablation of the refined direction: **{kl_optimized['kl']:.4f}** nats "
+                      f"(95% CI [{kl_optimized['ci95'][0]:.4f}, {kl_optimized['ci95'][1]:.4f}], n={kl_optimized['n']})."]
     if kl_clamp:
         lines += ["", f"The same under capped ablation: **{kl_clamp['kl']:.4f}** nats "
                       f"(95% CI [{kl_clamp['ci95'][0]:.4f}, {kl_clamp['ci95'][1]:.4f}], n={kl_clamp['n']})."]
     lines += ["", "![refusal rates](refusal_rates.png)", ""]
     sections = [("harmful", "ablation", "Harmful prompts: baseline vs ablation"),
+                ("harmful", "optimized", "Harmful prompts: baseline vs ablation of the refined direction"),
                 ("harmful", "clamp", "Harmful prompts: baseline vs capped ablation"),
                 ("harmless", "actadd", "Harmless prompts: baseline vs activation addition")]
     sections = [s for s in sections if f"{s[1]}_{s[0]}" in metrics["results"]]
@@ -151,7 +172,8 @@ def write_demo_report(run_dir: Path, metrics: dict[str, Any]) -> Path:
                       f"- baseline ({'refused' if ex['baseline_refused'] else 'answered'}): {ex['baseline'].strip()!r}",
                       f"- {other} ({'refused' if ex['steered_refused'] else 'answered'}): {ex['steered'].strip()!r}", ""]
     lines += ["## Files", "", "- `metrics.json`: every number above", "- `completions/*.jsonl`: every completion with its verdict",
-              "- `direction/`: the direction, its candidates, selection table and heatmap", "- `manifest.json`: versions, hashes, config", ""]
+              "- `direction/`: the direction, its candidates, selection table and heatmap; `optimized.safetensors` and "
+              "`optimization.json`: the refined direction and its training record", "- `manifest.json`: versions, hashes, config", ""]
     markdown = "\n".join(lines)
     md_path = run_dir / "report.md"
     md_path.write_text(markdown)
