@@ -24,8 +24,8 @@ from typing import Any
 
 from .data import load_dataset
 from .directions.clamp import CLAMP_FILENAME, clamp_summary, load_clamp
-from .directions.io import actadd_intervention, load_direction
-from .directions.optimize import OPTIMIZED_FILENAME, OptimizeConfig
+from .directions.io import OPTIMIZED_FILENAME, actadd_intervention, load_direction
+from .directions.optimize import OptimizeConfig
 from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl

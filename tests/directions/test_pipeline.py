@@ -57,6 +57,10 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     optimization = result.selection["optimization"]
     assert [c["step"] for c in optimization["checkpoints"]] == [0, 5, 10] and optimization["n_targets"] >= 1
     (refined,) = parse_steer_(f"ablate:{out / 'optimized.safetensors'}", lm)
+    (by_folder,) = parse_steer_(f"ablate:{out}", lm)  # the folder's best ablation: the refined direction
+    torch.testing.assert_close(by_folder.direction, refined.direction)
+    (selected,) = parse_steer_(f"ablate:{out / 'direction.safetensors'}", lm)
+    torch.testing.assert_close(selected.direction, saved.direction / saved.direction.norm())
     kept = load_direction(out / "optimized.safetensors")
     assert kept.metadata["optimized_step"] == str(optimization["step"]) and str(kept.point) == result.selection["point"]
     assert refined.kind == "ablate" and len(refined.points) == 3 * lm.n_layers
@@ -80,6 +84,9 @@ def test_refinement_is_skipped_with_a_record_when_no_answer_complies(make_tiny_l
     result = find_direction(lm, replace(config, optimize=replace(config.optimize, lr=0.02)), tmp_path, progress=False)
     assert "no compliant answer" in result.selection["optimization"]["skipped"]
     assert not (tmp_path / "optimized.safetensors").exists()  # none left from the earlier run
+    (ablation,) = parse_steer_(f"ablate:{tmp_path}", lm)  # no refined direction: the selected one
+    selected = load_direction(tmp_path).direction
+    torch.testing.assert_close(ablation.direction, selected / selected.norm())
 
 
 def test_changed_inputs_rerun_the_stage(make_tiny_lm, prompt_files, tmp_path):
@@ -151,7 +158,7 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
         rows = [json.loads(line) for line in (tmp_path / "run" / "completions" / f"ablation_{dataset}.jsonl").read_text().splitlines()]
         expected = [r.prompt for r in load_dataset(source, split="test", limit=4, seed=0)]
         assert [row["prompt"] for row in rows] == expected
-        alone = evaluate_refusal(reloaded, expected, parse_steer(f"ablate:{tmp_path / 'run' / 'direction'}", reloaded),
+        alone = evaluate_refusal(reloaded, expected, parse_steer(f"ablate:{tmp_path / 'run' / 'direction' / 'direction.safetensors'}", reloaded),
                                  max_new_tokens=3, batch_size=8, progress=False)
         assert [row["text"] for row in rows] == [c.text for c in alone.completions]
         assert metrics["results"][f"ablation_{dataset}"]["k"] == alone.rate.k
@@ -183,7 +190,7 @@ def test_actadd_dir_reads_the_separately_chosen_direction(make_tiny_lm, prompt_f
     result = find_direction(lm, config, tmp_path, progress=False)
     actadd = result.selection["actadd"]
     assert not actadd["same_as_ablation"] and actadd["coef"] == 3.0
-    (ablation,) = parse_steer(f"ablate:{tmp_path}", lm)
+    (ablation,) = parse_steer(f"ablate:{tmp_path}/direction.safetensors", lm)
     (added,) = parse_steer(f"actadd:{tmp_path}", lm)
     assert str(added.point) == actadd["point"] and added.coef == 3.0
     assert not torch.allclose(added.vector / added.vector.norm(), ablation.direction)

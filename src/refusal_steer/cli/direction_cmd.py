@@ -41,7 +41,7 @@ def direction(
     actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). 0: always add the selected direction (Arditi et al.)."),
     actadd_positions: str = typer.Option("prompt", help="Where actadd:OUT adds the direction: 'prompt' (the prompt's tokens; the answer stays fluent) or 'all' (generated tokens too, as Arditi et al.; strong directions then loop)."),
     clamp_candidates: int = typer.Option(8, help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/clamp.safetensors (what clamp:OUT applies). 0 = skip."),
-    optimize_steps: int = typer.Option(10, help="Refine the selected direction by this many gradient steps (compliant answers to harmful train prompts + harmless KL under ablation; the checkpoint with the lowest validation bypass passing the KL filter is kept) and write OUT/optimized.safetensors (ablate:OUT/optimized.safetensors applies it). 0 = skip."),
+    optimize_steps: int = typer.Option(10, help="Refine the selected direction by this many gradient steps (compliant answers to harmful train prompts + harmless KL under ablation; the checkpoint with the lowest validation bypass passing the KL filter is kept) and write OUT/optimized.safetensors, which ablate:OUT and orthogonalize --direction OUT then apply (OUT/direction.safetensors stays the selected one). 0 = skip."),
     optimize_kl_weight: float = typer.Option(0.5, help="Weight of the harmless KL term in the refinement."),
     optimize_lr: float = typer.Option(0.01, help="Adam learning rate of the refinement."),
     refusal_tokens: str = typer.Option(None, help="Comma-separated refusal token ids (default: discovered)."),
@@ -107,8 +107,9 @@ def direction(
         console.print(f"  capped ablation: no candidate passed KL < {clamp['kl_threshold']:g}; no clamp.safetensors written")
     optimized = summary["optimized"]
     if optimized:
-        console.print(f"  optimised direction (ablate:{optimized['file']}): step {optimized['step']}, bypass score "
-                      f"{optimized['bypass']:.2f}, KL {optimized['kl']:.3f} on validation (step 0 is the selected direction)")
+        console.print(f"  refined direction ({optimized['file']}, what ablate:{out} applies; ablate:{out}/direction.safetensors "
+                      f"applies the selected one): step {optimized['step']}, bypass score {optimized['bypass']:.2f}, "
+                      f"KL {optimized['kl']:.3f} on validation (step 0 is the selected direction)")
     console.print(f"  wrote {summary['direction']}, {summary['selection']}, {summary['heatmap']}")
 
 
@@ -117,7 +118,7 @@ def _optimized_summary(out: Path, optimization: dict | None) -> dict | None:
     if not optimization or optimization.get("skipped"):
         return None
     kept = next(c for c in optimization["checkpoints"] if c["step"] == optimization["step"])
-    from ..directions.optimize import OPTIMIZED_FILENAME
+    from ..directions.io import OPTIMIZED_FILENAME
 
     return {"file": str(out / OPTIMIZED_FILENAME), "step": kept["step"], "bypass": kept["bypass"], "kl": kept["kl"]}
 
@@ -125,15 +126,15 @@ def _optimized_summary(out: Path, optimization: dict | None) -> dict | None:
 @app.command("orthogonalize")
 def orthogonalize(
     model: str = typer.Option("default", "--model", "-m", help="Model to edit."),
-    direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder with direction.safetensors (from 'direction'), or a direction file such as DIR/optimized.safetensors."),
+    direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder from 'direction' (its refined direction, optimized.safetensors, when present, else direction.safetensors, as ablate:DIR), or a direction file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face model folder."),
 ) -> None:
     """Bake directional ablation into the weights and write a standard Hugging Face model folder."""
-    from ..directions.io import load_direction
+    from ..directions.io import load_ablation_direction
     from ..directions.orthogonalize import export_orthogonalized
     from ..models import load_model
 
-    saved = load_direction(direction_dir)
+    saved = load_ablation_direction(direction_dir)
     lm = load_model(model)
     path = export_orthogonalized(lm, saved.direction, out, metadata={"direction": str(direction_dir), **saved.metadata})
     console.print(f"wrote orthogonalised model to {path} (load it with transformers' from_pretrained)")

@@ -31,6 +31,8 @@ from ..interventions.add import Add
 
 DIRECTION_FILENAME = "direction.safetensors"
 ACTADD_FILENAME = "actadd.safetensors"
+OPTIMIZED_FILENAME = "optimized.safetensors"
+"""The selected direction refined by :mod:`refusal_steer.directions.optimize`: what ``ablate:DIR`` applies when present."""
 DIRECTION_TENSOR = "direction"
 DIRECTION_FORMAT = "refusal-steer/direction"
 
@@ -119,6 +121,20 @@ def load_actadd_direction(path: str | Path) -> SavedDirection:
     folder = Path(path).expanduser()
     if folder.suffix != ".safetensors" and (folder / ACTADD_FILENAME).is_file():
         return load_direction(folder / ACTADD_FILENAME)
+    return load_direction(folder)
+
+
+def load_ablation_direction(path: str | Path) -> SavedDirection:
+    """The direction ``ablate:DIR`` and ``orthogonalize --direction DIR`` use: the pipeline's best ablation.
+
+    That is ``DIR/optimized.safetensors`` (the refined direction) when the folder has one, else
+    ``DIR/direction.safetensors`` (the selected difference-in-means direction, Arditi et al.); like
+    ``actadd:DIR`` reading ``actadd.safetensors``. A ``.safetensors`` path is used as given, so
+    ``ablate:DIR/direction.safetensors`` always applies the selected direction.
+    """
+    folder = Path(path).expanduser()
+    if folder.suffix != ".safetensors" and (folder / OPTIMIZED_FILENAME).is_file():
+        return load_direction(folder / OPTIMIZED_FILENAME)
     return load_direction(folder)
 
 

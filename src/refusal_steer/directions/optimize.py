@@ -41,7 +41,6 @@ from .screening import frozen_parameters
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZED_FILENAME = "optimized.safetensors"
 
 
 @dataclass(frozen=True)

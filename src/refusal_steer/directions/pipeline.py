@@ -7,13 +7,13 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``candidates.safetensors``: difference-in-means at every layer and post-instruction position;
 - ``refusal_tokens.json``: the model's own refusal tokens and the evidence for them;
 - ``selection.json`` + ``selection_heatmap.png``: the full score table and the choice;
-- ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads);
+- ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads when there is no refined one);
 - ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
   and positions (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
 - ``clamp.safetensors``: the capped-ablation direction and per-layer ceilings (what ``clamp:DIR`` reads),
   written when a candidate passed the KL filter under capping (``selection.json["clamp"]``);
 - ``optimized.safetensors`` + ``optimization.json``: the selected direction refined by gradient descent
-  (:mod:`.optimize`; what ``ablate:DIR/optimized.safetensors`` reads), when ``optimize.steps`` > 0.
+  (:mod:`.optimize`; what ``ablate:DIR`` reads when present), when ``optimize.steps`` > 0.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ..report.plots import plot_selection_heatmap
 from ..runs import RunDir, write_json
 from .clamp import CLAMP_FILENAME, clamp_ceilings, save_clamp
 from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
-from .io import ACTADD_FILENAME, DIRECTION_FILENAME, save_direction
-from .optimize import OPTIMIZED_FILENAME, OptimizeConfig, compliance_targets, optimize_direction
+from .io import ACTADD_FILENAME, DIRECTION_FILENAME, OPTIMIZED_FILENAME, save_direction
+from .optimize import OptimizeConfig, compliance_targets, optimize_direction
 from .refusal_tokens import find_refusal_tokens
 from .selection import SelectionConfig, select_direction
 

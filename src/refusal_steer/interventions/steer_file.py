@@ -166,11 +166,11 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
         [Add(vector=..., point=HookPoint(...resid_pre, 12), coef=-1.5, positions='prompt')]
     """
     from ..directions.clamp import load_clamp
-    from ..directions.io import actadd_intervention, load_direction
+    from ..directions.io import actadd_intervention, load_ablation_direction
 
     kind, sep, rest = spec.partition(":")
-    if sep and kind == "ablate":
-        saved = load_direction(rest)
+    if sep and kind == "ablate":  # the refined direction when DIR has one (DIR/direction.safetensors: the selected one)
+        saved = load_ablation_direction(rest)
         out: list[Intervention] = [Ablate(saved.direction, residual_writes(lm))]
     elif sep and kind == "actadd":
         directory, coef = rest, None
