@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .hooks import HookPoint, Recorder, StopForward, apply, installed_interventions, prompt_boundary, prompt_continues
+from .interventions.registry import walk
 from .models.loaded import LoadedModel
 
 MIN_SHARED_PREFIX = 8
@@ -154,8 +155,8 @@ def shared_prefix_length(
 def _indices_outside_prefix(lm: LoadedModel, min_suffix: int) -> bool:
     """False if an installed intervention steers a prompt index counted from the end that, for some
     row, would fall inside the shared prefix (one prefix cannot be steered differently per row)."""
-    for intervention in installed_interventions(lm):
-        spec = getattr(intervention, "positions", None)
+    for intervention in walk(installed_interventions(lm)):
+        spec = intervention.positions
         if isinstance(spec, tuple) and any(isinstance(i, int) and i < 0 and -i > min_suffix for i in spec):
             return False
     return True

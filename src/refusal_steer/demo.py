@@ -5,7 +5,7 @@
    directional ablation at every layer (the difference-in-means direction, as Arditi et al.), ablation of
    the direction refined by gradient descent (:mod:`refusal_steer.directions.optimize`), activation
    addition at the direction's layer, and optionally capped ablation (the projection lowered to the harmless
-   level; :mod:`refusal_steer.directions.clamp`);
+   level; :mod:`refusal_steer.directions.cap`);
 3. judge refusals, measure harmless KL under every ablation, and write ``metrics.json``, completions,
    plots and a readable ``report.md`` with side-by-side examples.
 
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .data import load_dataset
-from .directions.clamp import CLAMP_FILENAME, clamp_summary, load_clamp
+from .directions.cap import CAP_FILENAME, cap_summary, load_cap
 from .directions.io import OPTIMIZED_FILENAME, actadd_intervention, load_direction
 from .directions.optimize import OptimizeConfig
-from .directions.pipeline import DirectionConfig, DirectionResult, find_direction
+from .runs.direction import DirectionConfig, DirectionResult, find_direction
 from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl
 from .evaluation.refusal import evaluate_refusal
@@ -76,7 +76,7 @@ class DemoConfig:
     """Where activation addition adds the direction: the prompt's tokens (default) or ``"all"`` (Arditi et al.)."""
     refusal_token_ids: tuple[int, ...] | None = None
     """Skip refusal-token discovery and use these ids."""
-    clamp_candidates: int = 0
+    cap_candidates: int = 0
     """Lowest-bypass candidates scored under capped ablation (0, the default: no capped-ablation condition; the refined
     direction removes more refusal at a lower KL and, unlike capping, bakes into weights, and both do not fit in 15 minutes)."""
     optimize_steps: int = 10
@@ -109,8 +109,8 @@ def _conditions(lm: LoadedModel, direction_dir: Path, selection: dict, config: D
     refined = _optimization_summary(selection.get("optimization"))  # None when skipped or not asked for
     if refined and refined["step"] != 0:  # step 0 kept: the refined direction is the selected one, already evaluated
         steered.insert(1, ("optimized", [all_layers_ablation(load_direction(direction_dir / OPTIMIZED_FILENAME).direction, lm)]))
-    if (direction_dir / CLAMP_FILENAME).is_file():  # written when a candidate passed the KL filter under capping
-        steered.insert(1, ("clamp", [load_clamp(direction_dir).intervention()]))
+    if (direction_dir / CAP_FILENAME).is_file():  # written when a candidate passed the KL filter under capping
+        steered.insert(1, ("cap", [load_cap(direction_dir).intervention()]))
     return [Condition(name, dataset, interventions) for dataset in ("harmful", "harmless")
             for name, interventions in [("baseline", ()), *steered]]
 
@@ -149,7 +149,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         refusal_token_ids=config.refusal_token_ids, n_token_probe=config.n_token_probe,
         selection=SelectionConfig(screen_top_k=config.screen_top_k, batch_size=config.batch_size,
                                   actadd_candidates=config.actadd_candidates, actadd_positions=config.actadd_positions,
-                                  clamp_candidates=config.clamp_candidates),
+                                  cap_candidates=config.cap_candidates),
         optimize=OptimizeConfig(steps=config.optimize_steps, n_kl=config.optimize_n_kl),
     )
     direction: DirectionResult = find_direction(lm, direction_config, run.file("direction"), progress=progress)
@@ -174,8 +174,8 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         key = {**base_key, "condition": name}
         if condition.name == "actadd":  # the added candidate and coefficient may differ from the ablated one
             key["actadd"] = direction.selection.get("actadd")
-        if condition.name == "clamp":
-            key["clamp"] = clamp_summary(direction.selection.get("clamp"))
+        if condition.name == "cap":
+            key["cap"] = cap_summary(direction.selection.get("cap"))
         if condition.name == "optimized":
             key["optimized"] = optimized_key
         if not run.is_done(name, key, [f"completions/{name}.jsonl", f"results/{name}.json"]):
@@ -213,9 +213,9 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     steered = {c.name: c.interventions for c in conditions if c.dataset == "harmless"}
     results["kl_ablation_harmless"] = _kl_stage(run, lm, "kl", {**base_key, "stage": "kl"}, "ablation", steered["ablation"],
                                                 prompts["harmless"], config)
-    if "clamp" in steered:
-        clamp_key = {**base_key, "stage": "kl_clamp", "clamp": clamp_summary(direction.selection.get("clamp"))}
-        results["kl_clamp_harmless"] = _kl_stage(run, lm, "kl_clamp", clamp_key, "clamp", steered["clamp"], prompts["harmless"], config)
+    if "cap" in steered:
+        cap_key = {**base_key, "stage": "kl_cap", "cap": cap_summary(direction.selection.get("cap"))}
+        results["kl_cap_harmless"] = _kl_stage(run, lm, "kl_cap", cap_key, "cap", steered["cap"], prompts["harmless"], config)
 
     if "optimized" in steered:
         results["kl_optimized_harmless"] = _kl_stage(run, lm, "kl_optimized", {**base_key, "stage": "kl_optimized", "optimized": optimized_key},
@@ -227,7 +227,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         "direction": {k: direction.selection.get(k) for k in ("point", "position", "chosen", "baseline_refusal_score_harmful",
                                                               "baseline_refusal_score_harmless", "screen_rank_correlation",
                                                               "rule", "actadd_coef", "actadd_calibration", "actadd",
-                                                              "actadd_search", "clamp", "config")},
+                                                              "actadd_search", "cap", "config")},
         "optimization": optimized_key,
         "refusal_tokens": direction.refusal_tokens.get("tokens"),
         "config": asdict(config),

@@ -96,6 +96,16 @@ class HookPoint:
             raise HookPointError(f"head {self.head} in {self} is out of range", fix=f"this model has heads 0..{lm.n_heads - 1}")
 
 
+def residual_writes(lm: LoadedModel, layers: Iterable[int] | None = None) -> tuple[HookPoint, ...]:
+    """Every point where the residual stream is written: ``resid_pre``, ``attn_out``, ``mlp_out`` of each layer.
+
+    Ablating at ``resid_pre`` of every layer plus every branch output removes a direction from the
+    whole residual stream, including the final one read by the unembedding (Arditi et al. 2024, §2.4).
+    """
+    chosen: Sequence[int] = range(lm.n_layers) if layers is None else list(layers)
+    return tuple(HookPoint(site, layer) for layer in chosen for site in (Site.RESID_PRE, Site.ATTN_OUT, Site.MLP_OUT))
+
+
 def parse_points(text: str | Iterable[str | HookPoint]) -> list[HookPoint]:
     """Parse a comma-separated string (or a list) of hook points; ``resid_pre.*`` is not expanded here."""
     items = text.split(",") if isinstance(text, str) else list(text)
@@ -130,15 +140,32 @@ class Positions:
 
 @dataclass(frozen=True)
 class HookCall:
-    """What an intervention is told when its hook fires: the point and the position masks."""
+    """What an intervention is told when its hook fires: the point, the position masks and its memory.
+
+    ``memory`` is a dict private to the intervention that lives for one sequence: it is emptied when a
+    forward call starts a new sequence (nothing in the KV cache yet), so what a steer stores while the
+    prompt is computed (a gate's per-row decision) holds for every decoding step of that answer and
+    never leaks into the next batch or the next ``generate`` call.
+    """
 
     point: HookPoint
     positions: Positions
+    memory: dict = field(default_factory=dict)
 
 
 @runtime_checkable
 class Intervention(Protocol):
-    """The contract every intervention meets (ablate, add, clamp, SAE splice, recorders...)."""
+    """The contract every intervention meets (ablate, add, cap, gate, SAE splice, recorders...).
+
+    ``kind`` names it (the registered kind of :mod:`refusal_steer.interventions.registry` for the ones that
+    can be saved); ``positions`` is its position selector (``"all"``, ``"prompt"``, ``"generated"`` or
+    prompt indices), which batching reads to decide whether a shared prefix may be computed once.
+    """
+
+    kind: str
+
+    @property
+    def positions(self) -> Any: ...
 
     @property
     def points(self) -> tuple[HookPoint, ...]: ...
@@ -157,6 +184,8 @@ class _HookState:
     positions: Positions | None = None
     installs: int = 0
     interventions: list[Any] = field(default_factory=list)
+    memory: dict[int, dict] = field(default_factory=dict)
+    """Per-intervention memory (keyed by ``id``) for the current sequence; see :class:`HookCall`."""
 
 
 def _state(lm: LoadedModel) -> _HookState:
@@ -188,8 +217,11 @@ class HookHandle:
                     del state.interventions[i]
                     break
         state.installs -= 1
+        for intervention in self.interventions:
+            state.memory.pop(id(intervention), None)
         if state.installs <= 0:
             state.positions = None
+            state.memory.clear()
 
 
 def _compute_positions(state: _HookState, args: tuple, kwargs: dict) -> Positions | None:
@@ -242,10 +274,14 @@ def _first(output: Any) -> Tensor:
     return output if isinstance(output, Tensor) else output[0]
 
 
+def _call(state: _HookState, intervention: Any, point: HookPoint, positions: Positions) -> HookCall:
+    return HookCall(point=point, positions=positions, memory=state.memory.setdefault(id(intervention), {}))
+
+
 def _run_chain(chain: Sequence[tuple[Intervention, HookPoint]], x: Tensor, state: _HookState) -> Tensor:
     positions = _positions_for(state, x)
     for intervention, point in chain:
-        x = intervention(x, HookCall(point=point, positions=positions))
+        x = intervention(x, _call(state, intervention, point, positions))
     return x
 
 
@@ -274,6 +310,8 @@ def install(lm: LoadedModel, interventions: Sequence[Intervention]) -> HookHandl
 def _register_all(lm: LoadedModel, interventions: Sequence[Intervention], state: _HookState, handle: HookHandle) -> None:
     def root_pre_hook(_module: Any, args: tuple, kwargs: dict) -> None:
         state.positions = _compute_positions(state, args, kwargs)
+        if state.positions is None or state.positions.offset == 0:  # a new sequence: steers forget what they kept
+            state.memory.clear()
 
     def root_post_hook(_module: Any, _args: Any, _output: Any) -> None:
         state.positions = None
@@ -330,7 +368,7 @@ def _head_hook(chain: list[tuple[Intervention, HookPoint]], state: _HookState, n
         out = heads
         for intervention, point in chain:
             sub = out[..., point.head, :]
-            new = intervention(sub, HookCall(point=point, positions=positions))
+            new = intervention(sub, _call(state, intervention, point, positions))
             if new is not sub:
                 if out is heads:
                     out = heads.clone()
@@ -408,6 +446,8 @@ class Recorder:
     record_points: tuple[HookPoint, ...]
     stop_after_last: bool = False
     store: dict[HookPoint, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+    kind = "record"
+    positions = "all"
 
     @property
     def points(self) -> tuple[HookPoint, ...]:

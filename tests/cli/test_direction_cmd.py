@@ -1,4 +1,4 @@
-"""``refusal-steer direction`` on a tiny model saved to disk, then ``eval --steer clamp:DIR`` / ``ablate:DIR/optimized.safetensors`` on what it wrote."""
+"""``refusal-steer direction`` on a tiny model saved to disk, then ``eval --steer cap:DIR`` / ``ablate:DIR/optimized.safetensors`` on what it wrote."""
 
 from __future__ import annotations
 
@@ -29,18 +29,18 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     result = runner.invoke(build_app(), [
         "direction", "--model", str(model_dir), "--harmful", f"jsonl:{harmful}", "--harmless", f"jsonl:{harmless}",
         "--n-train", "8", "--n-val", "4", "--out", str(out), "--kl-threshold", "1e9", "--induce-threshold", "-1e9",
-        "--screen-top-k", "3", "--clamp-candidates", "2", "--optimize-steps", "2", "--refusal-tokens", "5,17", "--json"])
+        "--screen-top-k", "3", "--cap-candidates", "2", "--optimize-steps", "2", "--refusal-tokens", "5,17", "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads(result.output[result.output.index('{\n  "direction"'):])  # after any progress/log lines
-    assert summary["clamp"]["point"] is not None and "table" not in summary["clamp"]
-    assert (out / "clamp.safetensors").is_file()
+    assert summary["cap"]["point"] is not None and "table" not in summary["cap"]
+    assert (out / "cap.safetensors").is_file()
     kl_out = tmp_path / "kl.json"
     result = runner.invoke(build_app(), [
         "eval", "--model", str(model_dir), "--metric", "kl", "--dataset", f"jsonl:{harmful}", "--split", "test", "--limit", "4",
-        "--steer", f"clamp:{out}", "--out", str(kl_out)])
+        "--steer", f"cap:{out}", "--out", str(kl_out)])
     assert result.exit_code == 0, (result.output, result.exception)
     kl = json.loads(kl_out.read_text())
-    assert kl["steer"] == [f"clamp:{out}"] and kl["n"] == 4 and kl["kl"] >= 0
+    assert kl["steer"] == [f"cap:{out}"] and kl["n"] == 4 and kl["kl"] >= 0
     optimized = summary["optimized"]
     assert optimized["file"] == str(out / "optimized.safetensors") and optimized["step"] in (0, 2)
     result = runner.invoke(build_app(), [

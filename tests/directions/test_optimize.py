@@ -9,9 +9,9 @@ from refusal_steer.directions.optimize import (
     OptimizeConfig,
     _compliance_ce,
     _TrainableAblation,
-    compliance_targets,
     optimize_direction,
 )
+from refusal_steer.runs.direction import compliance_targets
 from refusal_steer.directions.scores import kl_divergence, last_token_logprobs, refusal_log_odds
 from refusal_steer.directions.screening import frozen_parameters
 from refusal_steer.errors import ConfigError, RefusalSteerError
@@ -104,7 +104,7 @@ def test_checkpoint_kl_is_that_directions_ablation_against_the_unsteered_model(m
 
 
 def test_compliance_targets_keep_only_answers_the_judge_passes(make_tiny_lm, monkeypatch):
-    import refusal_steer.directions.optimize as optimize_module
+    import refusal_steer.runs.direction as optimize_module
 
     lm = make_tiny_lm("qwen2")
     real = optimize_module.evaluate_refusal

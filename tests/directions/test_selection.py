@@ -156,7 +156,7 @@ def test_early_kl_exit_selects_what_the_full_table_selects(make_tiny_lm):
     """With a binding KL threshold, stopping each KL early changes no decision, only the work done."""
     lm = make_tiny_lm("qwen2")
     diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
-    loose = dict(induce_threshold=-1e9, screen_top_k=0, batch_size=1, clamp_candidates=4)
+    loose = dict(induce_threshold=-1e9, screen_top_k=0, batch_size=1, cap_candidates=4)
     table = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, SelectionConfig(kl_threshold=1e9, full_table=True, **loose),
                              progress=False).table
     kls = sorted(row.kl for row in table if row.kl is not None)
@@ -170,7 +170,7 @@ def test_early_kl_exit_selects_what_the_full_table_selects(make_tiny_lm):
     for row in lazy.table:
         if row.status == "filtered: kl":
             assert threshold <= row.kl <= exact[(row.position, row.layer)] * (1 + 1e-4) and row.kl_n <= len(HARMLESS)
-    assert lazy.clamp.to_json()["point"] == full.clamp.to_json()["point"]
+    assert lazy.cap.to_json()["point"] == full.cap.to_json()["point"]
 
 
 def test_strict_filters_fall_back_then_fail_clearly(make_tiny_lm):
@@ -320,10 +320,10 @@ def test_kl_filter_is_measured_on_the_harmless_kl_prompts(make_tiny_lm):
     lm = make_tiny_lm("qwen2")
     diffs = difference_in_means(lm, HARMFUL, HARMLESS, progress=False)
     kl_prompts = ["Name a colour.", "Write a haiku about rain.", "What is 2 + 2?"]
-    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=0, batch_size=4, clamp_candidates=2)
+    config = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=0, batch_size=4, cap_candidates=2)
     selection = select_direction(lm, diffs, HARMFUL, HARMLESS, REFUSAL_IDS, config, harmless_kl=kl_prompts, progress=False)
     base = last_token_logprobs(lm, kl_prompts)
     ablated = last_token_logprobs(lm, kl_prompts, [all_layers_ablation(diffs.candidate(selection.position, selection.layer), lm)])
     assert selection.chosen().kl == pytest.approx(kl_divergence(base, ablated).mean().item(), rel=1e-4)
     assert selection.to_json()["n_kl_harmless"] == 3
-    assert selection.clamp is not None and len(selection.clamp.table) == 2
+    assert selection.cap is not None and len(selection.cap.table) == 2

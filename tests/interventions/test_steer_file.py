@@ -31,7 +31,7 @@ def test_steer_file_round_trip(tmp_path, suffix):
 def test_steer_file_errors_name_the_entry(tmp_path):
     path = tmp_path / "steer.yaml"
     path.write_text("interventions:\n  - kind: clampz\n")
-    with pytest.raises(ConfigError, match="unknown kind"):
+    with pytest.raises(ConfigError, match="unknown intervention kind"):
         load_steer_file(path)
     path.write_text("interventions:\n  - kind: add\n    vector: t0\n    point: resid_pre.0\n    strength: 2\n")
     with pytest.raises(ConfigError, match="unknown field"):

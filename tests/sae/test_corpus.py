@@ -13,7 +13,7 @@ from refusal_steer.activations import cache_token_activations, load_activations,
 from refusal_steer.cli import build_app
 from refusal_steer.generation import encode_prompts
 from refusal_steer.hooks import apply
-from refusal_steer.interventions.sae_splice import SaeSplice
+from refusal_steer.sae.splice import SaeSplice
 from refusal_steer.sae import TopKConfig, build_sae
 from refusal_steer.data import Conversation
 from refusal_steer.sae.corpus import TokenMix, _render, mix_token_lists, template_prefix_length

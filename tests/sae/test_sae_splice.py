@@ -7,7 +7,7 @@ import torch
 
 from refusal_steer.errors import ShapeMismatchError
 from refusal_steer.hooks import apply
-from refusal_steer.interventions.sae_splice import SaeSplice
+from refusal_steer.sae.splice import SaeSplice
 from refusal_steer.sae import build_sae
 from refusal_steer.sae.metrics import spliced_metrics
 

@@ -19,13 +19,13 @@ def demo(
     actadd_candidates: int = typer.Option(4, help="Let activation addition use another candidate when the selected direction cannot induce refusal (see 'direction --help'); 0 = the selected one."),
     actadd_positions: str = typer.Option("prompt", help="Where activation addition adds the direction: 'prompt' tokens or 'all' (Arditi et al.)."),
     optimize_steps: int = typer.Option(None, help="Gradient steps refining the direction (default 10, quick 5); 0 = no refined-ablation condition."),
-    clamp_candidates: int = typer.Option(0, help="Also evaluate capped ablation, choosing among this many lowest-bypass candidates (about 2 more minutes); 0 = skip."),
+    cap_candidates: int = typer.Option(0, "--cap-candidates", "--clamp-candidates", help="Also evaluate capped ablation, choosing among this many lowest-bypass candidates (about 2 more minutes); 0 = skip."),
 ) -> None:
     """Find the refusal direction of the default model, then compare baseline, ablation (difference-in-means and refined) and activation addition on held-out prompts."""
     from ..demo import DemoConfig, run_demo
 
     overrides = {"model": model, "actadd_candidates": actadd_candidates, "actadd_positions": actadd_positions,
-                 "clamp_candidates": clamp_candidates, **({"n_eval": n_eval} if n_eval else {}),
+                 "cap_candidates": cap_candidates, **({"n_eval": n_eval} if n_eval else {}),
                  **({"optimize_steps": optimize_steps} if optimize_steps is not None else {})}
     config = DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
     if quick and out == Path("runs/demo"):

@@ -40,7 +40,7 @@ def direction(
     relax_induce: bool = typer.Option(True, "--relax-induce/--strict-induce", help="If nothing passes the induce filter, pick the lowest bypass among KL-passing candidates (recorded as rule)."),
     actadd_candidates: int = typer.Option(4, help="If adding the selected direction cannot lift harmless refusal log-odds above 0, calibrate up to this many next-lowest-bypass candidates and add the first that can (written to OUT/actadd.safetensors). 0: always add the selected direction (Arditi et al.)."),
     actadd_positions: str = typer.Option("prompt", help="Where actadd:OUT adds the direction: 'prompt' (the prompt's tokens; the answer stays fluent) or 'all' (generated tokens too, as Arditi et al.; strong directions then loop)."),
-    clamp_candidates: int = typer.Option(8, help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/clamp.safetensors (what clamp:OUT applies). 0 = skip."),
+    cap_candidates: int = typer.Option(8, "--cap-candidates", "--clamp-candidates", help="Score this many of the lowest-bypass candidates under capped ablation (the projection lowered to the harmless level, not to 0) with the same KL filter, and write the best to OUT/cap.safetensors (what cap:OUT applies). 0 = skip."),
     optimize_steps: int = typer.Option(10, help="Refine the selected direction by this many gradient steps (compliant answers to harmful train prompts + harmless KL under ablation; the checkpoint with the lowest validation bypass passing the KL filter is kept) and write OUT/optimized.safetensors, which ablate:OUT and orthogonalize --direction OUT then apply (OUT/direction.safetensors stays the selected one). 0 = skip."),
     optimize_kl_weight: float = typer.Option(0.5, help="Weight of the harmless KL term in the refinement."),
     optimize_lr: float = typer.Option(0.01, help="Adam learning rate of the refinement."),
@@ -50,9 +50,9 @@ def direction(
     as_json: bool = typer.Option(False, "--json", help="Print the selection summary as JSON."),
 ) -> None:
     """Find and select the refusal direction (difference-in-means + Arditi et al. selection); write OUT/direction.safetensors (and OUT/actadd.safetensors, the direction actadd:OUT adds, and OUT/optimized.safetensors, the refined direction)."""
-    from ..directions.clamp import clamp_summary
+    from ..directions.cap import cap_summary
     from ..directions.optimize import OptimizeConfig
-    from ..directions.pipeline import DirectionConfig, find_direction
+    from ..runs.direction import DirectionConfig, find_direction
     from ..directions.selection import SelectionConfig
     from ..models import load_model
 
@@ -61,7 +61,7 @@ def direction(
         refusal_token_ids=_parse_ids(refusal_tokens),
         selection=SelectionConfig(kl_threshold=kl_threshold, induce_threshold=induce_threshold, max_layer_fraction=max_layer_fraction,
                                   screen_top_k=screen_top_k, full_table=full_table, relax_induce=relax_induce,
-                                  actadd_candidates=actadd_candidates, actadd_positions=actadd_positions, clamp_candidates=clamp_candidates,
+                                  actadd_candidates=actadd_candidates, actadd_positions=actadd_positions, cap_candidates=cap_candidates,
                                   batch_size=batch_size),
         optimize=OptimizeConfig(steps=optimize_steps, kl_weight=optimize_kl_weight, lr=optimize_lr, kl_threshold=kl_threshold),
     )
@@ -78,7 +78,7 @@ def direction(
         "rule": result.selection.get("rule"),
         "actadd_coef": result.selection.get("actadd_coef"),
         "actadd": result.selection.get("actadd"),
-        "clamp": clamp_summary(result.selection.get("clamp")) or None,
+        "cap": cap_summary(result.selection.get("cap")) or None,
         "optimized": _optimized_summary(out, result.selection.get("optimization")),
         "baseline_refusal_score_harmful": result.selection["baseline_refusal_score_harmful"],
         "refusal_tokens": result.refusal_tokens["tokens"],
@@ -98,13 +98,13 @@ def direction(
                       f"at {actadd.get('positions', 'all')} tokens (the selected direction could not induce refusal on validation)")
     else:
         console.print(f"  activation addition: the same direction x {summary['actadd_coef']:g} at {actadd.get('positions', 'all')} tokens")
-    clamp = result.selection.get("clamp")
-    if clamp and clamp.get("point"):
-        row = next(r for r in clamp["table"] if r["status"] == "selected")
-        console.print(f"  capped ablation (clamp:{out}): {clamp['point']} position {clamp['position']}, "
+    cap = result.selection.get("cap")
+    if cap and cap.get("point"):
+        row = next(r for r in cap["table"] if r["status"] == "selected")
+        console.print(f"  capped ablation (cap:{out}): {cap['point']} position {cap['position']}, "
                       f"bypass score {row['bypass']:.2f}, KL {row['kl']:.3f}")
-    elif clamp:
-        console.print(f"  capped ablation: no candidate passed KL < {clamp['kl_threshold']:g}; no clamp.safetensors written")
+    elif cap:
+        console.print(f"  capped ablation: no candidate passed KL < {cap['kl_threshold']:g}; no cap.safetensors written")
     optimized = summary["optimized"]
     if optimized:
         console.print(f"  refined direction ({optimized['file']}, what ablate:{out} applies; ablate:{out}/direction.safetensors "

@@ -76,7 +76,7 @@ def _load_records(name: str, split: str, limit: int | None, seed: int, metric: M
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("default", "--model", "-m", help="'default', a local dir, a .gguf file or a hub id."),
-    steer: list[str] = typer.Option([], "--steer", "-s", help="ablate:DIR, clamp:DIR, actadd:DIR[:COEF] or a steer file; repeat to combine. None = baseline."),
+    steer: list[str] = typer.Option([], "--steer", "-s", help="ablate:DIR, cap:DIR, actadd:DIR[:COEF] or a steer file; repeat to combine. None = baseline."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset name or jsonl:PATH / csv:PATH. Defaults: kl harmless, mmlu mmlu, arc arc-challenge, gsm8k gsm8k."),
     split: str = typer.Option(None, help="train, val, test or all. Default: test for refusal/kl (disjoint from the prompts directions are fitted on), all for mmlu/arc/gsm8k."),
     limit: int = typer.Option(None, min=1, help="At most this many prompts/questions (seeded). Default: all for refusal/arc, 100 for kl, 500 for mmlu (stratified by subject), 50 for gsm8k."),

@@ -30,10 +30,9 @@ from tqdm.auto import tqdm
 
 from ..batching import build_batch, forward, logits_to_keep
 from ..errors import ConfigError, RefusalSteerError
-from ..evaluation.refusal import evaluate_refusal
 from ..generation import encode_prompts
 from ..hooks import HookCall, HookPoint, apply
-from ..interventions import all_layers_ablation, residual_writes
+from ..interventions import all_layers_ablation, project_out, residual_writes
 from ..interventions.positions import position_mask
 from ..models import LoadedModel
 from .scores import KlFilter, last_token_logprobs, refusal_log_odds
@@ -98,9 +97,13 @@ class OptimizedDirection:
 
 
 class _TrainableAblation:
-    """Ablation of ``param / |param|`` at every residual write, differentiable in ``param``."""
+    """Ablation of ``param / |param|`` at every residual write, differentiable in ``param``.
 
-    kind = "ablate"
+    It applies :func:`refusal_steer.interventions.project_out`, the arithmetic :class:`~refusal_steer.interventions.Ablate`
+    uses, on a direction that is a live parameter (``Ablate`` keeps a detached copy, as every saved steer should).
+    """
+
+    kind = "trainable_ablate"
     positions = "all"
 
     def __init__(self, param: torch.nn.Parameter, points: tuple[HookPoint, ...]) -> None:
@@ -111,20 +114,7 @@ class _TrainableAblation:
 
     def __call__(self, x: Tensor, call: HookCall) -> Tensor:
         r = (self.param / self.param.norm()).to(device=x.device, dtype=x.dtype)
-        projection = (x @ r).unsqueeze(-1)
-        mask = position_mask("all", call.positions, x.dtype)
-        if mask is not None:
-            projection = projection * mask
-        return x - projection * r
-
-
-def compliance_targets(lm: LoadedModel, prompts: Sequence[str], target: Tensor, *, n_tokens: int, judge: str = "substring",
-                       batch_size: int = 64, system: str | None = None, progress: bool = True) -> dict[int, list[int]]:
-    """Greedy answers to ``prompts`` under ablation of ``target``, as token ids, for those neither refused nor looping."""
-    result = evaluate_refusal(lm, prompts, [all_layers_ablation(target, lm)], judge=judge, max_new_tokens=n_tokens,
-                              batch_size=batch_size, system=system, progress=progress)
-    return {i: list(c.token_ids) for i, (c, refused, loops) in enumerate(zip(result.completions, result.refused, result.degenerate))
-            if not refused and not loops and len(c.token_ids) > 0}
+        return project_out(x, r, position_mask(self.positions, call.positions, x.dtype))
 
 
 def _compliance_ce(lm: LoadedModel, contexts: list[list[int]], targets: list[list[int]]) -> Tensor:

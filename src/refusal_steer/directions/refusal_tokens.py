@@ -9,11 +9,10 @@ more frequent among refusals than among compliances.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import RefusalSteerError
-from ..evaluation.judges import get_judge
 from ..generation import generate
 from ..models import LoadedModel
 
@@ -39,7 +38,8 @@ def find_refusal_tokens(
     harmful: Sequence[str],
     harmless: Sequence[str],
     *,
-    judge: str = "substring",
+    judge: Callable[[list[str], list[str]], list[bool]],
+    judge_name: str = "substring",
     max_new_tokens: int = 12,
     batch_size: int = 16,
     max_tokens: int = 4,
@@ -48,13 +48,17 @@ def find_refusal_tokens(
 ) -> RefusalTokens:
     """Pick up to ``max_tokens`` first tokens that start refusals at least 3x as often as compliances.
 
+    ``judge`` is a refusal judge ``judge(prompts, texts) -> verdicts`` (e.g.
+    ``refusal_steer.evaluation.get_judge("substring")``), passed in because judges live in a higher layer;
+    ``judge_name`` is recorded with the result.
+
     Raises:
         RefusalSteerError: the model refused none of the harmful prompts (nothing to steer), or no
             first token separates refusals from compliances.
     """
     prompts = list(harmful) + list(harmless)
     completions = generate(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
-    refused = get_judge(judge)(prompts, [c.text for c in completions])
+    refused = list(judge(prompts, [c.text for c in completions]))
     refusal_first: Counter[int] = Counter()
     compliance_first: Counter[int] = Counter()
     for completion, is_refusal in zip(completions, refused):
@@ -64,7 +68,7 @@ def find_refusal_tokens(
     n_ref, n_comp = sum(refusal_first.values()), sum(compliance_first.values())
     if n_ref == 0:
         raise RefusalSteerError(
-            f"the model refused none of {len(harmful)} harmful prompts (judge {judge}); there is no refusal to find",
+            f"the model refused none of {len(harmful)} harmful prompts (judge {judge_name}); there is no refusal to find",
             fix="use a chat model that refuses, other harmful prompts, or another judge",
         )
     chosen = []
@@ -87,5 +91,5 @@ def find_refusal_tokens(
         compliance_counts=[compliance_first[t] for t in chosen],
         n_refusals=n_ref,
         n_compliances=n_comp,
-        judge=judge,
+        judge=judge_name,
     )

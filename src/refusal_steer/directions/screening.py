@@ -31,6 +31,8 @@ class _GradCapture:
 
     capture_points: tuple[HookPoint, ...]
     writes: list[Tensor] = field(default_factory=list)
+    kind = "grad_capture"
+    positions = "all"
 
     @property
     def points(self) -> tuple[HookPoint, ...]:

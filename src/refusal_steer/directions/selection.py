@@ -26,9 +26,9 @@ By default the direction is added at the prompt's tokens only (``actadd_position
 calibration's first-token score cannot tell from adding it everywhere but generation can: the answer
 that follows stays fluent.
 
-Finally the ``clamp_candidates`` lowest-bypass candidates are scored under *capped* ablation
-(:mod:`.clamp`: the projection is lowered to the harmless level instead of to zero), with the same
-KL filter; the choice is recorded under ``clamp`` and is what ``clamp:DIR`` applies.
+Finally the ``cap_candidates`` lowest-bypass candidates are scored under *capped* ablation
+(:mod:`.cap`: the projection is lowered to the harmless level instead of to zero), with the same
+KL filter; the choice is recorded under ``cap`` and is what ``cap:DIR`` applies.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from ..errors import ConfigError, RefusalSteerError
 from ..hooks import HookPoint, Site
 from ..interventions import Add, all_layers_ablation
 from ..models import LoadedModel
-from .clamp import ClampChoice, select_clamp
+from .cap import CapChoice, select_cap
 from .diff_in_means import MeanDiffs
 from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 from .screening import estimate_ablation_effects
@@ -91,8 +91,8 @@ class SelectionConfig:
     generated tokens as well pushes every later step off-distribution, and on the default model it makes
     the strong late-layer candidates loop ("I'm sorry, I can not as I as I ...") where ``"prompt"`` gives
     the model's own fluent refusal (docs/results.md)."""
-    clamp_candidates: int = 8
-    """Score this many of the lowest-bypass candidates under capped ablation and choose one for ``clamp:DIR``
+    cap_candidates: int = 8
+    """Score this many of the lowest-bypass candidates under capped ablation and choose one for ``cap:DIR``
     (0: skip). Capping leaves harmless-level activations alone, so within the same KL budget it can use
     candidates whose full ablation costs too much KL (docs/results.md)."""
     batch_size: int = 16
@@ -111,8 +111,8 @@ class SelectionConfig:
         if self.actadd_positions not in ACTADD_POSITIONS:
             raise ConfigError(f"actadd_positions={self.actadd_positions!r} must be one of {', '.join(ACTADD_POSITIONS)}",
                               fix="use 'prompt' (add at prompt tokens) or 'all' (every token, Arditi et al.)")
-        if self.clamp_candidates < 0:
-            raise ConfigError(f"clamp_candidates={self.clamp_candidates} must be >= 0 (0 skips capped ablation)")
+        if self.cap_candidates < 0:
+            raise ConfigError(f"cap_candidates={self.cap_candidates} must be >= 0 (0 skips capped ablation)")
 
 
 @dataclass
@@ -156,8 +156,8 @@ class Selection:
     actadd_layer: int | None = None
     actadd_direction: torch.Tensor | None = None
     actadd_search: list[dict] = field(default_factory=list)
-    clamp: ClampChoice | None = None
-    """The capped-ablation choice (None when ``clamp_candidates`` is 0)."""
+    cap: CapChoice | None = None
+    """The capped-ablation choice (None when ``cap_candidates`` is 0)."""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -196,7 +196,7 @@ class Selection:
                 "same_as_ablation": self.actadd_position is None,
             },
             "actadd_search": self.actadd_search,
-            "clamp": None if self.clamp is None else self.clamp.to_json(),
+            "cap": None if self.cap is None else self.cap.to_json(),
             "config": asdict(self.config),
             "table": [asdict(row) for row in self.table],
             **self.extra,
@@ -347,13 +347,13 @@ def select_direction(
     elif score is None or score <= config.actadd_target:
         logger.warning("no activation-addition coefficient reached log-odds %.2f; using the best one tried, %.2f (log-odds %s)",
                        config.actadd_target, coef, "n/a" if score is None else f"{score:.3f}")
-    clamp = None
-    if config.clamp_candidates:
-        lowest = sorted((r for r in shortlist if r.bypass is not None), key=lambda r: r.bypass)[: config.clamp_candidates]
-        clamp = select_clamp(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, kl_filter, refusal_token_ids,
+    cap = None
+    if config.cap_candidates:
+        lowest = sorted((r for r in shortlist if r.bypass is not None), key=lambda r: r.bypass)[: config.cap_candidates]
+        cap = select_cap(lm, diffs, [(r.position, r.layer) for r in lowest], harmful_val, kl_filter, refusal_token_ids,
                              batch_size=bs, system=system, progress=progress)
     return Selection(
-        clamp=clamp,
+        cap=cap,
         rule=rule,
         actadd_coef=coef,
         actadd_calibration=calibration,

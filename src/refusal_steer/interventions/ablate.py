@@ -7,16 +7,28 @@ at the input of every block and at the output of every attention and MLP branch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import Tensor
 
-from ..hooks import HookCall, HookPoint, Site
+from ..hooks import HookCall, HookPoint, residual_writes
 from ..models.loaded import LoadedModel
-from ._vector import CastCache, as_points, as_vector, check_width
-from .positions import PositionSpec, parse_positions, position_mask
+from ._vector import CastCache, as_vector, check_width
+from .positions import PositionSpec, position_mask
+from .registry import FieldSpec, check_scalar, register_kind
+
+
+def project_out(x: Tensor, r: Tensor, mask: Tensor | None) -> Tensor:
+    """``x - (x . r) r`` where ``mask`` (``(batch, seq, 1)``, or None for everywhere) is 1; ``r`` unit-norm, ``x``'s dtype.
+
+    The one implementation of ablation's arithmetic: :class:`Ablate` and the trainable ablation of
+    :mod:`refusal_steer.directions.optimize` both call it, so they cannot drift apart.
+    """
+    projection = (x @ r).unsqueeze(-1)
+    if mask is not None:
+        projection = projection * mask
+    return x.addcmul(projection, r, value=-1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,31 +55,26 @@ class Ablate:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", as_vector(self.direction, name="ablation direction", unit=True))
-        object.__setattr__(self, "points", as_points(self.points))
-        object.__setattr__(self, "positions", parse_positions(self.positions))
+        object.__setattr__(self, "points", check_scalar(self.kind, "points", "points", self.points))
+        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
 
     def validate(self, lm: LoadedModel) -> None:
         check_width(self.direction, self.points, lm, "ablation direction")
 
     def __call__(self, x: Tensor, call: HookCall) -> Tensor:
-        r = self._cast.get(self.direction, x)
-        projection = (x @ r).unsqueeze(-1)
-        mask = position_mask(self.positions, call.positions, x.dtype)
-        if mask is not None:
-            projection = projection * mask
-        return x.addcmul(projection, r, value=-1)
+        return project_out(x, self._cast.get(self.direction, x), position_mask(self.positions, call.positions, x.dtype))
 
 
-def residual_writes(lm: LoadedModel, layers: Iterable[int] | None = None) -> tuple[HookPoint, ...]:
-    """Every point where the residual stream is written: ``resid_pre``, ``attn_out``, ``mlp_out`` of each layer.
-
-    Ablating at ``resid_pre`` of every layer plus every branch output removes the direction from the
-    whole residual stream, including the final one read by the unembedding (Arditi et al. 2024, §2.4).
-    """
-    chosen: Sequence[int] = range(lm.n_layers) if layers is None else list(layers)
-    return tuple(HookPoint(site, layer) for layer in chosen for site in (Site.RESID_PRE, Site.ATTN_OUT, Site.MLP_OUT))
+register_kind(Ablate, [
+    FieldSpec("direction", "tensor", doc="the direction removed (stored unit-norm)"),
+    FieldSpec("points", "scalar", "points", doc=f"hook points, or '{'residual_writes'}' for every residual write of the model"),
+    FieldSpec("positions", "scalar", "positions", required=False, doc="token positions steered"),
+], doc="directional ablation: x <- x - (x . r) r at every point (Arditi et al. 2024)")
 
 
 def all_layers_ablation(direction: Tensor, lm: LoadedModel, positions: PositionSpec = "all") -> Ablate:
     """Directional ablation at every residual write of ``lm`` (the top-down refusal bypass)."""
     return Ablate(direction, residual_writes(lm), positions=positions)
+
+
+__all__ = ["Ablate", "all_layers_ablation", "project_out", "residual_writes"]

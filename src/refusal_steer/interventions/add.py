@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..hooks import HookCall, HookPoint
 from ..models.loaded import LoadedModel
-from ._vector import CastCache, as_points, as_vector, check_width
-from .positions import PositionSpec, parse_positions, position_mask
+from ._vector import CastCache, as_vector, check_width
+from .positions import PositionSpec, position_mask
+from .registry import FieldSpec, check_scalar, register_kind
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,7 +21,7 @@ class Add:
     Args:
         vector: a ``(d,)`` vector, e.g. a difference-in-means refusal direction; stored in float32.
         point: one hook point (``"resid_pre.12"``).
-        coef: scale; negative values subtract.
+        coef: scale; negative values subtract; must be finite.
         positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or prompt-token indices.
 
     Example:
@@ -38,17 +38,12 @@ class Add:
     _cast: CastCache = field(default_factory=CastCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        (point,) = as_points(self.point)
-        try:
-            coef = float(self.coef)
-        except (TypeError, ValueError):
-            raise ConfigError(f"coef {self.coef!r} is not a number") from None
-        object.__setattr__(self, "point", point)
-        object.__setattr__(self, "coef", coef)
+        object.__setattr__(self, "point", check_scalar(self.kind, "point", "point", self.point))
+        object.__setattr__(self, "coef", check_scalar(self.kind, "coef", "float", self.coef))
         object.__setattr__(self, "vector", as_vector(self.vector, name="added vector", unit=False))
         # Scale once here so the hook is a single add.
-        object.__setattr__(self, "_scaled", self.vector * coef)
-        object.__setattr__(self, "positions", parse_positions(self.positions))
+        object.__setattr__(self, "_scaled", self.vector * self.coef)
+        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
 
     @property
     def points(self) -> tuple[HookPoint, ...]:
@@ -63,3 +58,11 @@ class Add:
         if mask is None:
             return x + delta
         return x.addcmul(mask, delta)
+
+
+register_kind(Add, [
+    FieldSpec("vector", "tensor", doc="the vector added (its norm is kept)"),
+    FieldSpec("point", "scalar", "point", doc="one hook point"),
+    FieldSpec("coef", "scalar", "float", required=False, doc="scale (negative subtracts)"),
+    FieldSpec("positions", "scalar", "positions", required=False, doc="token positions steered"),
+], doc="activation addition: x <- x + coef * v at one point (Turner et al. 2023)")

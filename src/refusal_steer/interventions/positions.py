@@ -69,6 +69,34 @@ def position_mask(spec: PositionSpec, positions: Positions, dtype: torch.dtype) 
     return out
 
 
+def prompt_indices(positions: Positions) -> tuple[Tensor, Tensor]:
+    """Each token's index among its row's prompt tokens, counted from the start and from the end (``-1`` = last).
+
+    Prompt tokens computed in an earlier call (a shared prefix in the KV cache) count too, so an index
+    means the same token with and without prefix sharing; values at non-prompt tokens are meaningless
+    (mask them with ``positions.prompt``).
+    """
+    prompt = positions.prompt
+    before = positions.prompt_before.unsqueeze(1) if positions.prompt_before is not None else 0
+    from_start = prompt.cumsum(dim=1) - 1 + before
+    from_end = from_start - prompt.sum(dim=1, keepdim=True) - before - positions.prompt_after
+    return from_start, from_end
+
+
+def steered_mask(positions: Positions, spec: PositionSpec, *, skip_prompt: int = 0) -> Tensor:
+    """A ``(batch, seq)`` bool mask: the tokens ``spec`` selects, never padding, minus each prompt's first ``skip_prompt`` tokens.
+
+    ``skip_prompt`` leaves a chat template's fixed prefix alone (an SAE not trained on it); the first
+    tokens are counted from the true start of the prompt, shared prefix included.
+    """
+    mask = _build(spec, positions)
+    mask = ~positions.padding if mask is None else mask
+    if skip_prompt > 0:
+        from_start, _ = prompt_indices(positions)
+        mask = mask & ~(positions.prompt & (from_start < skip_prompt))
+    return mask
+
+
 def _build(spec: PositionSpec, positions: Positions) -> Tensor | None:
     if spec == "all":
         return None if not positions.padding.any() else ~positions.padding
@@ -77,11 +105,7 @@ def _build(spec: PositionSpec, positions: Positions) -> Tensor | None:
     if spec == "generated":
         return positions.generated
     prompt = positions.prompt
-    # Index of each prompt token among its row's prompt tokens, from the start and from the end;
-    # prompt tokens computed in an earlier call (a shared prefix in the KV cache) count too.
-    before = positions.prompt_before.unsqueeze(1) if positions.prompt_before is not None else 0
-    from_start = prompt.cumsum(dim=1) - 1 + before
-    from_end = from_start - prompt.sum(dim=1, keepdim=True) - before - positions.prompt_after
+    from_start, from_end = prompt_indices(positions)
     mask = torch.zeros_like(prompt)
     for index in spec:  # type: ignore[union-attr]
         mask |= (from_end if index < 0 else from_start).eq(index)

@@ -11,11 +11,11 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..hooks import HookCall, HookPoint
 from ..models.loaded import LoadedModel
-from ._vector import CastCache, as_points, as_vector, check_width
-from .positions import PositionSpec, parse_positions, position_mask
+from ._vector import CastCache, as_vector, check_width
+from .positions import PositionSpec, position_mask
+from .registry import FieldSpec, check_scalar, register_kind
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,7 +25,7 @@ class SetProjection:
     Args:
         direction: a ``(d,)`` vector; stored unit-normalised in float32.
         point: one hook point.
-        value: the projection every selected token ends up with.
+        value: the projection every selected token ends up with (finite).
         positions: ``"all"`` (default), ``"prompt"``, ``"generated"`` or prompt-token indices.
 
     Example:
@@ -41,15 +41,10 @@ class SetProjection:
     _cast: CastCache = field(default_factory=CastCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        (point,) = as_points(self.point)
-        try:
-            value = float(self.value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"value {self.value!r} is not a number") from None
-        object.__setattr__(self, "point", point)
-        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "point", check_scalar(self.kind, "point", "point", self.point))
+        object.__setattr__(self, "value", check_scalar(self.kind, "value", "float", self.value))
         object.__setattr__(self, "direction", as_vector(self.direction, name="projection direction", unit=True))
-        object.__setattr__(self, "positions", parse_positions(self.positions))
+        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
 
     @property
     def points(self) -> tuple[HookPoint, ...]:
@@ -65,3 +60,11 @@ class SetProjection:
         if mask is not None:
             change = change * mask
         return x.addcmul(change, r)
+
+
+register_kind(SetProjection, [
+    FieldSpec("direction", "tensor", doc="the direction (stored unit-norm)"),
+    FieldSpec("point", "scalar", "point", doc="one hook point"),
+    FieldSpec("value", "scalar", "float", doc="the projection every steered token ends up with"),
+    FieldSpec("positions", "scalar", "positions", required=False, doc="token positions steered"),
+], doc="set the projection on a direction: x <- x + (value - x . r) r")

@@ -18,6 +18,7 @@ from .io import check_width, detect_format, hook_name_to_point, load_gemma_scope
 from .jumprelu import JumpReluConfig, JumpReluSae
 from .metrics import SaeMetrics, evaluate_sae
 from .registry import build as build_sae
+from .splice import SaeSplice, sae_content_hash
 from .relu_l1 import ReluL1Config, ReluL1Sae
 from .topk import TopKConfig, TopKSae
 from .training import TrainConfig, TrainResult, train_sae
@@ -25,6 +26,8 @@ from .training import TrainConfig, TrainResult, train_sae
 __all__ = [
     "registry",
     "Sae",
+    "SaeSplice",
+    "sae_content_hash",
     "SaeOutput",
     "SaeStepOutput",
     "SaeConfig",

@@ -342,7 +342,10 @@ def load_sae(
     if point is not None and sae.cfg.point is None:
         sae.cfg = sae.cfg.replace(point=point)
     check_width(sae, d_model, source=str(p))
-    return sae.to(device).eval()
+    sae = sae.to(device).eval()
+    # What loads it again: a shipped SAE's name, else the absolute folder (steer files and fingerprints refer to it).
+    sae.source = str(path) if not Path(path).exists() else str(p.resolve())
+    return sae
 
 
 def check_width(sae: Sae, d_model: int | None, source: str = "the SAE") -> None:

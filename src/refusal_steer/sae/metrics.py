@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..interventions.positions import steered_mask
 from .base import Sae
+from .splice import SaeSplice
 
 if TYPE_CHECKING:
     from ..models.loaded import LoadedModel
@@ -171,6 +173,9 @@ class SplicedMetrics:
 class _ZeroAblation:
     """Replace the activation at ``point`` by zeros (the floor of CE loss recovered)."""
 
+    kind = "zero_ablation"
+    positions = "all"
+
     point: Any
     skip_tokens: int = 0
 
@@ -183,10 +188,8 @@ class _ZeroAblation:
 
     def __call__(self, x: Tensor, call: Any) -> Tensor:
         if self.skip_tokens > 0:
-            from ..interventions.sae_splice import prefix_mask
-
-            keep = prefix_mask(x, call.positions.padding, self.skip_tokens).unsqueeze(-1)
-            return torch.where(keep, x, torch.zeros_like(x))
+            keep = ~steered_mask(call.positions, "all", skip_prompt=self.skip_tokens)  # the prefix and padding keep x
+            return torch.where(keep.unsqueeze(-1), x, torch.zeros_like(x))
         return torch.zeros_like(x)
 
 
@@ -219,7 +222,6 @@ def spliced_metrics(
     """
     from ..errors import ConfigError, EmptyDatasetError
     from ..hooks import HookPoint, apply
-    from ..interventions.sae_splice import SaeSplice
 
     where = point if point is not None else sae.cfg.point
     if where is None:

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from refusal_steer.directions import pipeline as pipeline_module
+from refusal_steer.runs import direction as pipeline_module
 from refusal_steer.directions.io import load_direction
-from refusal_steer.directions.pipeline import DirectionConfig, find_direction
+from refusal_steer.runs.direction import DirectionConfig, find_direction
 from refusal_steer.directions.selection import SelectionConfig
 from refusal_steer.interventions import parse_steer as parse_steer_
 
@@ -32,14 +32,14 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     out = tmp_path / "direction"
     result = find_direction(lm, config, out, progress=False)
     for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json", "selection_heatmap.png",
-                 "direction.safetensors", "actadd.safetensors", "clamp.safetensors", "optimized.safetensors", "optimization.json",
+                 "direction.safetensors", "actadd.safetensors", "cap.safetensors", "optimized.safetensors", "optimization.json",
                  "manifest.json"):
         assert (out / name).is_file(), name
-    clamp = result.selection["clamp"]  # KL threshold 1e9: the lowest capped bypass among the scored candidates wins
-    assert clamp["point"] is not None and len(clamp["table"]) == 3
-    assert min(clamp["table"], key=lambda row: row["bypass"])["status"] == "selected"
-    (capped,) = parse_steer_(f"clamp:{out}", lm)
-    assert len(capped.points) == lm.n_layers and capped.kind == "clamp"
+    cap = result.selection["cap"]  # KL threshold 1e9: the lowest capped bypass among the scored candidates wins
+    assert cap["point"] is not None and len(cap["table"]) == 3
+    assert min(cap["table"], key=lambda row: row["bypass"])["status"] == "selected"
+    (capped,) = parse_steer_(f"cap:{out}", lm)
+    assert len(capped.points) == lm.n_layers and capped.kind == "cap"
     saved = load_direction(out)
     assert str(saved.point) == result.selection["point"]
     from refusal_steer.interventions import parse_steer
@@ -107,7 +107,7 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     lm.model.save_pretrained(model_dir)
     lm.tokenizer.save_pretrained(model_dir)
     config = DemoConfig(model=str(model_dir), harmful=prompt_files[0], harmless=prompt_files[1], n_train=6, n_val=3, n_eval=4,
-                        max_new_tokens=3, batch_size=4, screen_top_k=2, refusal_token_ids=(5, 17), clamp_candidates=8, optimize_steps=2,
+                        max_new_tokens=3, batch_size=4, screen_top_k=2, refusal_token_ids=(5, 17), cap_candidates=8, optimize_steps=2,
                         optimize_n_kl=5)
     # The real filters would reject every candidate of a random model; relax them through the config path.
     import refusal_steer.demo as demo_module
@@ -124,11 +124,11 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     # The refined direction is a condition of its own unless the refinement kept the selected direction (step 0).
     refined = ("optimized",) if metrics["optimization"]["step"] else ()
-    for name in ("baseline_harmful", "ablation_harmful", "clamp_harmful", "clamp_harmless", "actadd_harmless",
+    for name in ("baseline_harmful", "ablation_harmful", "cap_harmful", "cap_harmless", "actadd_harmless",
                  *(f"{r}_{d}" for r in refined for d in ("harmful", "harmless"))):
         result = metrics["results"][name]
         assert result["n"] == 4 and 0 <= result["ci95"][0] <= result["refusal_rate"] <= result["ci95"][1] <= 1
-    for name in ("ablation", "clamp", *refined):
+    for name in ("ablation", "cap", *refined):
         assert metrics["results"][f"kl_{name}_harmless"]["n"] == 4
     assert ("optimized_harmful" in metrics["results"]) == bool(refined) and ("kl_optimized_harmless" in metrics["results"]) == bool(refined)
     direction_dir = tmp_path / "run" / "direction"
@@ -145,7 +145,7 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     saved = load_direction(direction_dir / "optimized.safetensors").direction
     torch.testing.assert_close(refined_condition.interventions[0].direction, saved / saved.norm())
     assert metrics["optimization"]["config"]["steps"] == 2 and len(json.loads((tmp_path / "run" / "direction" / "prompts.json").read_text())["harmless_kl_optimize"]) == 5
-    assert metrics["direction"]["clamp"]["point"] is not None
+    assert metrics["direction"]["cap"]["point"] is not None
     # Harmful and harmless prompts of one condition are generated together, then split back in order.
     from refusal_steer.data import load_dataset
     from refusal_steer.evaluation.refusal import evaluate_refusal
@@ -197,8 +197,8 @@ def test_actadd_dir_reads_the_separately_chosen_direction(make_tiny_lm, prompt_f
     assert torch.allclose(ablation.direction, load_direction(tmp_path).direction / load_direction(tmp_path).direction.norm())
 
 
-def test_no_clamp_file_when_no_candidate_passes_the_kl_filter(make_tiny_lm, prompt_files, tmp_path):
-    """A KL budget nothing meets under capping: no clamp.safetensors (and none left from an earlier run), and clamp:DIR says why."""
+def test_no_cap_file_when_no_candidate_passes_the_kl_filter(make_tiny_lm, prompt_files, tmp_path):
+    """A KL budget nothing meets under capping: no cap.safetensors (and none left from an earlier run), and cap:DIR says why."""
     from dataclasses import replace
 
     from refusal_steer.errors import ConfigError
@@ -206,25 +206,25 @@ def test_no_clamp_file_when_no_candidate_passes_the_kl_filter(make_tiny_lm, prom
     lm = make_tiny_lm("qwen2")
     base = dict(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17))
     find_direction(lm, DirectionConfig(**base, selection=LOOSE), tmp_path, progress=False)
-    assert (tmp_path / "clamp.safetensors").is_file()
+    assert (tmp_path / "cap.safetensors").is_file()
     # Ablation keeps its relaxed filter through a monkeypatch-free route: only capping sees a tiny threshold.
     import refusal_steer.directions.selection as selection_module
 
     from refusal_steer.directions.scores import KlFilter
 
-    original = selection_module.select_clamp
+    original = selection_module.select_cap
 
-    def strict_clamp(lm_, diffs, candidates, harmful_val, kl_filter, *rest, **kw):
+    def strict_cap(lm_, diffs, candidates, harmful_val, kl_filter, *rest, **kw):
         strict = KlFilter(lm_, kl_filter.prompts, kl_filter.base_logprobs, -1.0, batch_size=kl_filter.batch_size)
         return original(lm_, diffs, candidates, harmful_val, strict, *rest, **kw)
 
-    selection_module.select_clamp = strict_clamp
+    selection_module.select_cap = strict_cap
     try:
-        result = find_direction(lm, DirectionConfig(**base, selection=replace(LOOSE, clamp_candidates=2)), tmp_path, progress=False)
+        result = find_direction(lm, DirectionConfig(**base, selection=replace(LOOSE, cap_candidates=2)), tmp_path, progress=False)
     finally:
-        selection_module.select_clamp = original
-    clamp = result.selection["clamp"]
-    assert clamp["point"] is None and [row["status"] for row in clamp["table"]] == ["filtered: kl"] * 2
-    assert not (tmp_path / "clamp.safetensors").exists()
+        selection_module.select_cap = original
+    cap = result.selection["cap"]
+    assert cap["point"] is None and [row["status"] for row in cap["table"]] == ["filtered: kl"] * 2
+    assert not (tmp_path / "cap.safetensors").exists()
     with pytest.raises(ConfigError, match="no capped ablation"):
-        parse_steer_(f"clamp:{tmp_path}", lm)
+        parse_steer_(f"cap:{tmp_path}", lm)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .atomic import atomic_write_json
+from .. import __version__
+from ..atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 

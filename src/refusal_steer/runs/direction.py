@@ -10,8 +10,8 @@ interrupted run resumes from the last finished stage (see :mod:`refusal_steer.ru
 - ``direction.safetensors``: the chosen raw direction (what ``ablate:DIR`` reads when there is no refined one);
 - ``actadd.safetensors``: the raw direction activation addition uses, with its calibrated coefficient
   and positions (what ``actadd:DIR`` reads): the same vector unless selection had to pick another (``selection.json["actadd"]``);
-- ``clamp.safetensors``: the capped-ablation direction and per-layer ceilings (what ``clamp:DIR`` reads),
-  written when a candidate passed the KL filter under capping (``selection.json["clamp"]``);
+- ``cap.safetensors``: the capped-ablation direction and per-layer ceilings (what ``cap:DIR`` reads),
+  written when a candidate passed the KL filter under capping (``selection.json["cap"]``);
 - ``optimized.safetensors`` + ``optimization.json``: the selected direction refined by gradient descent
   (:mod:`.optimize`; what ``ablate:DIR`` reads when present), when ``optimize.steps`` > 0.
 """
@@ -22,23 +22,42 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
+
+from torch import Tensor
 
 from ..data import load_dataset
 from ..errors import ConfigError
+from ..evaluation.judges import get_judge
+from ..evaluation.refusal import evaluate_refusal
+from ..interventions import all_layers_ablation
 from ..hooks import HookPoint, Site
 from ..models import LoadedModel
 from ..report.plots import plot_selection_heatmap
-from ..runs import RunDir, write_json
-from .clamp import CLAMP_FILENAME, clamp_ceilings, save_clamp
-from .diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
-from .io import ACTADD_FILENAME, DIRECTION_FILENAME, OPTIMIZED_FILENAME, save_direction
-from .optimize import OptimizeConfig, compliance_targets, optimize_direction
-from .refusal_tokens import find_refusal_tokens
-from .selection import SelectionConfig, select_direction
+from .rundir import RunDir, write_json
+from ..directions.cap import CAP_FILENAME, cap_ceilings, save_cap
+from ..directions.diff_in_means import CANDIDATES_FILENAME, MeanDiffs, difference_in_means
+from ..directions.io import ACTADD_FILENAME, DIRECTION_FILENAME, OPTIMIZED_FILENAME, save_direction
+from ..directions.optimize import OptimizeConfig, optimize_direction
+from ..directions.refusal_tokens import find_refusal_tokens
+from ..directions.selection import SelectionConfig, select_direction
 
 logger = logging.getLogger(__name__)
 
+
+
+def compliance_targets(lm: LoadedModel, prompts: Sequence[str], target: Tensor, *, n_tokens: int, judge: str = "substring",
+                       batch_size: int = 64, system: str | None = None, progress: bool = True) -> dict[int, list[int]]:
+    """Greedy answers to ``prompts`` under ablation of ``target``, as token ids, for those neither refused nor looping.
+
+    These are the targets :func:`refusal_steer.directions.optimize.optimize_direction` trains towards; they are
+    made here, in the run layer, because producing them needs the judges of :mod:`refusal_steer.evaluation`.
+    """
+    result = evaluate_refusal(lm, prompts, [all_layers_ablation(target, lm)], judge=judge, max_new_tokens=n_tokens,
+                              batch_size=batch_size, system=system, progress=progress)
+    return {i: list(c.token_ids) for i, (c, refused, loops) in enumerate(zip(result.completions, result.refused, result.degenerate))
+            if not refused and not loops and len(c.token_ids) > 0}
 
 @dataclass(frozen=True)
 class DirectionConfig:
@@ -148,7 +167,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         else:
             found = find_refusal_tokens(
                 lm, prompts["harmful_train"][: config.n_token_probe], prompts["harmless_train"][: config.n_token_probe],
-                judge=config.judge, batch_size=config.generation_batch_size, progress=progress,
+                judge=get_judge(config.judge), judge_name=config.judge, batch_size=config.generation_batch_size, progress=progress,
             )
             refusal_tokens = {**found.to_json(), "source": "discovered"}
         write_json(tokens_file, refusal_tokens)
@@ -161,7 +180,7 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
     done = run.is_done("selection", selection_key, outputs)
     if done:
         selection_json = json.loads(run.file("selection.json").read_text())
-        done = (selection_json.get("clamp") or {}).get("point") is None or run.file(CLAMP_FILENAME).is_file()
+        done = (selection_json.get("cap") or {}).get("point") is None or run.file(CAP_FILENAME).is_file()
     if not done:
         started = time.time()
         selection = select_direction(lm, diffs, prompts["harmful_val"], prompts["harmless_val"], refusal_tokens["token_ids"],
@@ -178,11 +197,11 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
                        selection.actadd_point, position=actadd["position"], actadd_coef=selection.actadd_coef,
                        actadd_positions=config.selection.actadd_positions, same_as_ablation=actadd["same_as_ablation"],
                        rule=selection.rule, **provenance)
-        run.file(CLAMP_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier selection
-        if selection.clamp is not None and selection.clamp.layer is not None:
-            capped = diffs.candidate(selection.clamp.position, selection.clamp.layer)
-            save_clamp(run.path, capped, clamp_ceilings(diffs, capped), HookPoint(Site.RESID_PRE, selection.clamp.layer),
-                       position=selection.clamp.position, rule=selection.rule, **provenance)
+        run.file(CAP_FILENAME).unlink(missing_ok=True)  # never leave one from an earlier selection
+        if selection.cap is not None and selection.cap.layer is not None:
+            capped = diffs.candidate(selection.cap.position, selection.cap.layer)
+            save_cap(run.path, capped, cap_ceilings(diffs, capped), HookPoint(Site.RESID_PRE, selection.cap.layer),
+                       position=selection.cap.position, rule=selection.rule, **provenance)
         run.mark_done("selection", selection_key, time.time() - started)
         selection_json = json.loads(run.file("selection.json").read_text())  # same value a resumed run returns
     if config.optimize.steps > 0:

@@ -1,15 +1,15 @@
-"""Capped ablation of a refusal direction: its ceilings, its selection and its file (``DIR/clamp.safetensors``).
+"""Capped ablation of a refusal direction: its ceilings, its selection and its file (``DIR/cap.safetensors``).
 
 Directional ablation zeroes the projection on the refusal direction for every token, and on small
 models the candidates that remove most refusal also move harmless next-token distributions by more
-than the KL budget (docs/results.md). Capping (:class:`~refusal_steer.interventions.Clamp`) lowers the
+than the KL budget (docs/results.md). Capping (:class:`~refusal_steer.interventions.ProjectionCap`) lowers the
 projection at ``resid_pre`` of every layer only where it exceeds the *ceiling* of that layer, the mean
 projection of the harmless training prompts at their post-instruction positions, so tokens already at
 a harmless level stay as they are. Selection scores the lowest-bypass candidates under capping on the
 same validation prompts and with the same KL filter as ablation, and picks the lowest capped bypass.
 
 File format (version 1): tensors ``direction`` ``(d_model,)`` (raw) and ``ceilings`` ``(n_layers,)``;
-metadata ``format`` = ``"refusal-steer/clamp"``, ``version``, ``point``, ``layer``, ``position`` and
+metadata ``format`` = ``"refusal-steer/cap"``, ``version``, ``point``, ``layer``, ``position`` and
 provenance strings. Only safetensors is read.
 """
 
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_save_safetensors
 from ..errors import ConfigError, ShapeMismatchError
 from ..hooks import HookPoint, Site
-from ..interventions import Clamp
+from ..interventions import PositionSpec, ProjectionCap
 from ..models import LoadedModel
 from .diff_in_means import MeanDiffs
 from .io import read_tensors, saved_file
@@ -35,11 +35,13 @@ from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 
 logger = logging.getLogger(__name__)
 
-CLAMP_FILENAME = "clamp.safetensors"
-CLAMP_FORMAT = "refusal-steer/clamp"
+CAP_FILENAME = "cap.safetensors"
+LEGACY_CAP_FILENAME = "clamp.safetensors"
+"""What direction folders written before the rename to "cap" hold; still read."""
+CAP_FORMAT = "refusal-steer/cap"
 
 
-def clamp_ceilings(diffs: MeanDiffs, direction: Tensor) -> Tensor:
+def cap_ceilings(diffs: MeanDiffs, direction: Tensor) -> Tensor:
     """Per-layer ceilings ``(n_layers,)``: the harmless training prompts' mean projection on the unit ``direction``.
 
     The mean is over the post-instruction positions the candidates were fitted at, where the model
@@ -49,63 +51,65 @@ def clamp_ceilings(diffs: MeanDiffs, direction: Tensor) -> Tensor:
     return (diffs.harmless_mean.to(torch.float32) @ unit).mean(dim=0)
 
 
-def clamp_points(n_layers: int) -> tuple[HookPoint, ...]:
+def cap_points(n_layers: int) -> tuple[HookPoint, ...]:
     """Where capping applies: the input of every block (``resid_pre.0`` ... ``resid_pre.{n-1}``)."""
     return tuple(HookPoint(Site.RESID_PRE, layer) for layer in range(n_layers))
 
 
-def candidate_clamp(diffs: MeanDiffs, position: int, layer: int) -> Clamp:
+def candidate_cap(diffs: MeanDiffs, position: int, layer: int) -> ProjectionCap:
     """The capped ablation of one candidate: its direction, capped at its ceilings at ``resid_pre`` of every layer."""
     direction = diffs.candidate(position, layer)
-    return Clamp(direction, clamp_points(diffs.n_layers), ceilings=tuple(clamp_ceilings(diffs, direction).tolist()))
+    return ProjectionCap(direction, cap_points(diffs.n_layers), ceilings=tuple(cap_ceilings(diffs, direction).tolist()))
 
 
-def clamp_summary(clamp: dict | None) -> dict:
-    """A ``selection.json`` ``clamp`` entry without its score table: the choice itself (what a resume stamp depends on)."""
-    return {k: v for k, v in (clamp or {}).items() if k != "table"}
+def cap_summary(cap: dict | None) -> dict:
+    """A ``selection.json`` ``cap`` entry without its score table: the choice itself (what a resume stamp depends on)."""
+    return {k: v for k, v in (cap or {}).items() if k != "table"}
 
 
 @dataclass(frozen=True, eq=False)
-class SavedClamp:
+class SavedCap:
     """A capped ablation read from disk: the raw direction, the ceiling of each layer, and metadata."""
 
     direction: Tensor
     ceilings: Tensor
     metadata: dict[str, str] = field(default_factory=dict)
 
-    def intervention(self) -> Clamp:
-        """The :class:`Clamp` at ``resid_pre`` of every layer with these ceilings."""
-        return Clamp(self.direction, clamp_points(len(self.ceilings)), ceilings=tuple(self.ceilings.tolist()))
+    def intervention(self, positions: PositionSpec = "all") -> ProjectionCap:
+        """The :class:`ProjectionCap` at ``resid_pre`` of every layer with these ceilings."""
+        return ProjectionCap(self.direction, cap_points(len(self.ceilings)), ceilings=tuple(self.ceilings.tolist()), positions=positions)
 
 
-def save_clamp(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
-    """Write ``DIR/clamp.safetensors`` (or the named file); return it."""
-    file = saved_file(path, CLAMP_FILENAME)
+def save_cap(path: str | Path, direction: Tensor, ceilings: Tensor, point: HookPoint, **metadata: object) -> Path:
+    """Write ``DIR/cap.safetensors`` (or the named file); return it."""
+    file = saved_file(path, CAP_FILENAME)
     meta = {str(k): str(v) for k, v in metadata.items()}
-    meta.update(format=CLAMP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
+    meta.update(format=CAP_FORMAT, version="1", point=str(point), layer=str(point.layer), d_model=str(direction.shape[-1]))
     tensors = {"direction": direction.detach().to("cpu", torch.float32), "ceilings": ceilings.detach().to("cpu", torch.float32)}
     return atomic_save_safetensors(tensors, file, metadata=meta)
 
 
-def load_clamp(path: str | Path) -> SavedClamp:
+def load_cap(path: str | Path) -> SavedCap:
     """Read a capped ablation from ``DIR`` (written by ``refusal-steer direction``) or a ``.safetensors`` file.
 
     Example:
-        >>> cap = load_clamp("runs/demo/direction").intervention()  # doctest: +SKIP
+        >>> cap = load_cap("runs/demo/direction").intervention()  # doctest: +SKIP
     """
-    file = saved_file(path, CLAMP_FILENAME)
+    file = saved_file(path, CAP_FILENAME)
+    if not file.is_file() and saved_file(path, LEGACY_CAP_FILENAME).is_file():
+        file = saved_file(path, LEGACY_CAP_FILENAME)
     if not file.is_file():
         raise ConfigError(f"no capped ablation at {file}",
-                          fix="rerun `refusal-steer direction` (it writes clamp.safetensors unless --clamp-candidates 0)")
+                          fix="rerun `refusal-steer direction` (it writes cap.safetensors unless --cap-candidates 0)")
     tensors, metadata = read_tensors(file, ("direction", "ceilings"), fix="rerun `refusal-steer direction`")
     direction, ceilings = tensors["direction"], tensors["ceilings"]
     if direction.dim() != 1 or ceilings.dim() != 1:
         raise ShapeMismatchError(f"{file}: direction {tuple(direction.shape)} and ceilings {tuple(ceilings.shape)} must be vectors")
-    return SavedClamp(direction=direction.to(torch.float32), ceilings=ceilings.to(torch.float32), metadata=metadata)
+    return SavedCap(direction=direction.to(torch.float32), ceilings=ceilings.to(torch.float32), metadata=metadata)
 
 
 @dataclass
-class ClampChoice:
+class CapChoice:
     """The capped-ablation selection: the chosen candidate (None if none passed the KL filter) and every row scored."""
 
     position: int | None
@@ -120,7 +124,7 @@ class ClampChoice:
                 "table": self.table}
 
 
-def select_clamp(
+def select_cap(
     lm: LoadedModel,
     diffs: MeanDiffs,
     candidates: Sequence[tuple[int, int]],
@@ -131,7 +135,7 @@ def select_clamp(
     batch_size: int = 16,
     system: str | None = None,
     progress: bool = True,
-) -> ClampChoice:
+) -> CapChoice:
     """Among ``candidates`` ((position, layer) pairs), the lowest bypass score under capping with KL below the threshold.
 
     The bypass score of every candidate is computed; KL (by ``kl_filter``, selection's filter on the harmless
@@ -140,12 +144,12 @@ def select_clamp(
     """
     rows: list[dict] = []
     for position, layer in tqdm(candidates, desc="capped bypass scores", unit="candidate", disable=not progress):
-        logprobs = last_token_logprobs(lm, harmful_val, [candidate_clamp(diffs, position, layer)], batch_size=batch_size, system=system)
+        logprobs = last_token_logprobs(lm, harmful_val, [candidate_cap(diffs, position, layer)], batch_size=batch_size, system=system)
         rows.append({"position": position, "layer": layer, "bypass": refusal_log_odds(logprobs, refusal_token_ids).mean().item(),
                      "kl": None, "kl_n": None, "status": "not evaluated"})
     chosen: dict | None = None
     for row in sorted(rows, key=lambda r: r["bypass"]):
-        check = kl_filter([candidate_clamp(diffs, row["position"], row["layer"])])
+        check = kl_filter([candidate_cap(diffs, row["position"], row["layer"])])
         row["kl"], row["kl_n"] = check.kl, check.n_measured
         logger.info("capped ablation pos %d layer %d: bypass %.3f kl %.4f", row["position"], row["layer"], row["bypass"], row["kl"])
         if kl_filter.passes(check):
@@ -155,5 +159,5 @@ def select_clamp(
         row["status"] = "filtered: kl"
     if chosen is None:
         logger.warning("no candidate passed the KL filter under capped ablation either")
-    return ClampChoice(position=None if chosen is None else chosen["position"], layer=None if chosen is None else chosen["layer"],
+    return CapChoice(position=None if chosen is None else chosen["position"], layer=None if chosen is None else chosen["layer"],
                        table=rows, kl_threshold=kl_filter.threshold)
