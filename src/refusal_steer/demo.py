@@ -31,7 +31,7 @@ from .directions.selection import SelectionConfig
 from .evaluation.kl import evaluate_kl
 from .evaluation.refusal import evaluate_refusal
 from .hooks import Intervention
-from .interventions import all_layers_ablation
+from .interventions import all_layers_ablation, fingerprint
 from .models import LoadedModel, load_model
 from .report.demo_report import write_demo_report
 from .runs import RunDir, write_json
@@ -129,10 +129,10 @@ def _kl_stage(run: RunDir, lm: LoadedModel, stage: str, key: dict, name: str, in
     """Harmless KL under one condition's interventions, as a resumable stage writing ``results/kl_{name}_harmless.json``."""
     path = f"results/kl_{name}_harmless.json"
     if not run.is_done(stage, key, [path]):
-        kl = evaluate_kl(lm, prompts, interventions, batch_size=config.batch_size)
+        kl = evaluate_kl(lm, prompts, interventions, batch_size=config.batch_size, dataset=config.harmless, split="test")
         write_json(run.file(path), {
             "kl": kl.mean.value, "ci95": [kl.mean.lo, kl.mean.hi], "n": kl.mean.n, "ci_method": kl.mean.method,
-            "dataset": config.harmless, "split": "test",
+            "dataset": config.harmless, "split": "test", "record": kl.record.to_dict() if kl.record else None,
         })
         run.mark_done(stage, key)
     return json.loads(run.file(path).read_text())
@@ -171,13 +171,9 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
     pending = []
     for condition in conditions:
         name = f"{condition.name}_{condition.dataset}"
-        key = {**base_key, "condition": name}
-        if condition.name == "actadd":  # the added candidate and coefficient may differ from the ablated one
-            key["actadd"] = direction.selection.get("actadd")
-        if condition.name == "cap":
-            key["cap"] = cap_summary(direction.selection.get("cap"))
-        if condition.name == "optimized":
-            key["optimized"] = optimized_key
+        # A stage is keyed by what it computes: the steer's fingerprint (tensors, points, positions, coefficients)
+        # and the prompt set, not by the condition's name.
+        key = {**base_key, "steer": fingerprint(condition.interventions), "dataset": condition.dataset}
         if not run.is_done(name, key, [f"completions/{name}.jsonl", f"results/{name}.json"]):
             pending.append((condition, name, key))
     # Harmful and harmless prompts under the same interventions are generated in one batch: on a CPU a
@@ -192,7 +188,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         offset = 0
         for condition, name, key in group:
             size = len(prompts[condition.dataset])
-            part = result.subset(offset, offset + size)
+            part = result.subset(offset, offset + size, dataset=getattr(config, condition.dataset), split="test")
             offset += size
             path = run.file(f"completions/{name}.jsonl")
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +200,7 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
                 "degenerate_rate": part.degenerate_rate.value, "degenerate_ci95": list(part.degenerate_rate.ci95),
                 "degenerate_k": part.degenerate_rate.k, "completions": f"completions/{name}.jsonl",
                 "seconds": round(seconds * size / len(together), 1), "generated_with": [n for _, n, _ in group],
+                "record": part.record.to_dict() if part.record else None,
             })
             run.mark_done(name, key, seconds * size / len(together))
     for condition in conditions:
@@ -211,15 +208,10 @@ def run_demo(out_dir: str | Path = "runs/demo", config: DemoConfig = DemoConfig(
         results[name] = json.loads(run.file(f"results/{name}.json").read_text())
 
     steered = {c.name: c.interventions for c in conditions if c.dataset == "harmless"}
-    results["kl_ablation_harmless"] = _kl_stage(run, lm, "kl", {**base_key, "stage": "kl"}, "ablation", steered["ablation"],
-                                                prompts["harmless"], config)
-    if "cap" in steered:
-        cap_key = {**base_key, "stage": "kl_cap", "cap": cap_summary(direction.selection.get("cap"))}
-        results["kl_cap_harmless"] = _kl_stage(run, lm, "kl_cap", cap_key, "cap", steered["cap"], prompts["harmless"], config)
-
-    if "optimized" in steered:
-        results["kl_optimized_harmless"] = _kl_stage(run, lm, "kl_optimized", {**base_key, "stage": "kl_optimized", "optimized": optimized_key},
-                                                     "optimized", steered["optimized"], prompts["harmless"], config)
+    for name in ("ablation", "cap", "optimized"):  # KL under every ablation-like steer the demo evaluates
+        if name in steered:
+            key = {**base_key, "stage": "kl", "steer": fingerprint(steered[name])}
+            results[f"kl_{name}_harmless"] = _kl_stage(run, lm, f"kl_{name}", key, name, steered[name], prompts["harmless"], config)
 
     metrics = {
         "model": lm.spec,

@@ -74,7 +74,7 @@ def test_ProjectionCap_rejects_bad_ceilings():
         ProjectionCap(direction, ["resid_pre.0", "resid_pre.1"], ceilings=[0.0])
     with pytest.raises(ConfigError, match="finite"):
         ProjectionCap(direction, ["resid_pre.0"], ceilings=[float("nan")])
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="must be a finite number"):
         ProjectionCap(direction, ["resid_pre.0"], ceilings=["high"])
     with pytest.raises(ConfigError, match="twice"):
         ProjectionCap(direction, ["resid_pre.0", "resid_pre.0"], ceilings=[0.0, 1.0])

@@ -17,7 +17,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from ._common import console, err_console, print_json
+from ._common import console, err_console, print_json, steer_help
 
 
 class Metric(str, Enum):
@@ -76,7 +76,7 @@ def _load_records(name: str, split: str, limit: int | None, seed: int, metric: M
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("default", "--model", "-m", help="'default', a local dir, a .gguf file or a hub id."),
-    steer: list[str] = typer.Option([], "--steer", "-s", help="ablate:DIR, cap:DIR, actadd:DIR[:COEF] or a steer file; repeat to combine. None = baseline."),
+    steer: list[str] = typer.Option([], "--steer", "-s", help=steer_help("Steer with (none given = baseline)")),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset name or jsonl:PATH / csv:PATH. Defaults: kl harmless, mmlu mmlu, arc arc-challenge, gsm8k gsm8k."),
     split: str = typer.Option(None, help="train, val, test or all. Default: test for refusal/kl (disjoint from the prompts directions are fitted on), all for mmlu/arc/gsm8k."),
     limit: int = typer.Option(None, min=1, help="At most this many prompts/questions (seeded). Default: all for refusal/arc, 100 for kl, 500 for mmlu (stratified by subject), 50 for gsm8k."),
@@ -124,7 +124,7 @@ def eval_command(
         "seed": seed,
     }
     if metric is Metric.refusal:
-        res = ev.evaluate_refusal(lm, records, interventions, judge=judge_obj, max_new_tokens=max_new_tokens, batch_size=batch_size, ci=ci, seed=seed)  # type: ignore[arg-type]
+        res = ev.evaluate_refusal(lm, records, interventions, judge=judge_obj, max_new_tokens=max_new_tokens, batch_size=batch_size, ci=ci, seed=seed, dataset=dataset, split=split)  # type: ignore[arg-type]
         path = _sibling(out, "completions")
         _write_jsonl(path, res.records())
         headline = {"refusal_rate": res.rate.value, "ci95": list(res.ci95), "n": res.n, "k": res.rate.k, "ci_method": res.rate.method,
@@ -132,29 +132,34 @@ def eval_command(
                     "max_new_tokens": max_new_tokens, "completions": str(path),
                     "degenerate_rate": res.degenerate_rate.value, "degenerate_ci95": list(res.degenerate_rate.ci95),
                     "degenerate_k": res.degenerate_rate.k}
+        record = res.record
         summary = f"refusal rate {res.rate} judge {res.judge}@{res.judge_version}; looping completions {res.degenerate_rate}"
     elif metric is Metric.kl:
-        res_kl = ev.evaluate_kl(lm, records, interventions, batch_size=batch_size, seed=seed)
+        res_kl = ev.evaluate_kl(lm, records, interventions, batch_size=batch_size, seed=seed, dataset=dataset, split=split)
         path = _sibling(out, "items")
         _write_jsonl(path, [{"prompt": ev.prompt_text(r), "kl": v} for r, v in zip(records, res_kl.per_prompt)])
         headline = {"kl": res_kl.kl, "ci95": list(res_kl.ci95), "n": res_kl.mean.n, "ci_method": res_kl.mean.method, "items": str(path)}
+        record = res_kl.record
         summary = f"KL(unsteered || steered) {res_kl.mean} nats"
     elif metric in (Metric.mmlu, Metric.arc):
-        res_mc = ev.evaluate_multiple_choice(lm, records, interventions, batch_size=batch_size, ci=ci, seed=seed)  # type: ignore[arg-type]
+        res_mc = ev.evaluate_multiple_choice(lm, records, interventions, batch_size=batch_size, ci=ci, seed=seed, dataset=dataset, split=split)  # type: ignore[arg-type]
         path = _sibling(out, "items")
         _write_jsonl(path, res_mc.items)
         headline = {"accuracy": res_mc.accuracy.value, "ci95": list(res_mc.accuracy.ci95), "n": res_mc.accuracy.n, "k": res_mc.accuracy.k,
                     "ci_method": res_mc.accuracy.method, "subset": "stratified by subject" if metric is Metric.mmlu else "stratified by source",
                     "mean_letter_mass": res_mc.mean_letter_mass, "by_subject": {s: r.value for s, r in res_mc.by_subject.items()}, "items": str(path)}
+        record = res_mc.record
         summary = f"{metric.value} accuracy {res_mc.accuracy}"
     else:
-        res_m = ev.evaluate_gsm8k(lm, records, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, ci=ci, seed=seed)  # type: ignore[arg-type]
+        res_m = ev.evaluate_gsm8k(lm, records, interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, ci=ci, seed=seed, dataset=dataset, split=split)  # type: ignore[arg-type]
         path = _sibling(out, "completions")
         _write_jsonl(path, [{**item, "text": c.text} for item, c in zip(res_m.items, res_m.completions)])
         headline = {"accuracy": res_m.accuracy.value, "ci95": list(res_m.accuracy.ci95), "n": res_m.accuracy.n, "k": res_m.accuracy.k,
                     "ci_method": res_m.accuracy.method, "max_new_tokens": max_new_tokens, "completions": str(path)}
+        record = res_m.record
         summary = f"gsm8k exact match {res_m.accuracy}"
-    result = {**headline, **result, "elapsed_s": round(time.time() - started, 1)}
+    # The current keys stay; "record" is the same ResultRecord the demo and `refusal-steer run` write.
+    result = {**headline, **result, "elapsed_s": round(time.time() - started, 1), "record": record.to_dict() if record else None}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     err_console.print(f"{summary}\nwrote {out} and {path}", highlight=False)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from ._common import console, err_console, print_json
+from ._common import console, err_console, print_json, steer_help
 
 
 def _prompts(prompt: list[str] | None, dataset: str | None, limit: int | None, split: str | None, seed: int) -> tuple[list[Any], str]:
@@ -35,7 +35,7 @@ def _steers(lm: Any, steer: list[str] | None) -> list[Any]:
 @app.command("generate")
 def generate_cmd(
     model: str = typer.Option("default", "--model", "-m", help="'default', a local dir, a .gguf file or a hub id."),
-    steer: list[str] = typer.Option(None, "--steer", "-s", help="A steer file (.yaml/.json), ablate:DIR, cap:DIR or actadd:DIR[:COEF]; repeatable."),
+    steer: list[str] = typer.Option(None, "--steer", "-s", help=steer_help()),
     prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A user prompt; repeatable."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="A dataset name (refusal-steer data list) or jsonl:PATH / csv:PATH."),
     limit: int = typer.Option(None, "--limit", "-n", min=1, help="At most this many dataset prompts (seeded subsample)."),
@@ -95,7 +95,7 @@ def cache_cmd(
     device: str = typer.Option(None, "--device", help="cpu, cuda, ..."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Prompts per forward pass."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Prompts per shard."),
-    steer: list[str] = typer.Option(None, "--steer", "-s", help="Cache under a steer (file, ablate:DIR, cap:DIR, actadd:DIR[:COEF])."),
+    steer: list[str] = typer.Option(None, "--steer", "-s", help=steer_help("Cache under")),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Cache activations at hook points for a dataset, in resumable safetensors shards."""

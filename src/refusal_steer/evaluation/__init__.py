@@ -34,9 +34,12 @@ from .judges import (
 )
 from .kl import KlResult, evaluate_kl
 from .refusal import RefusalResult, evaluate_refusal, judge_completions, prompt_text
+from .record import ResultRecord, make_record
 from .stats import Rate, bootstrap, mean_with_ci, rate_from_bools, wilson
 
 __all__ = [
+    "ResultRecord",
+    "make_record",
     "Agreement",
     "ClassifierJudge",
     "Judge",

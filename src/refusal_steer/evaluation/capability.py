@@ -30,6 +30,7 @@ from ..hooks import Intervention
 from ..models.chat import format_chat, tokenize_exact
 from ..models.loaded import LoadedModel
 from ._forward import continuation_logprobs, last_logprobs
+from .record import ResultRecord, make_record
 from .stats import CiMethod, Rate, rate_from_bools
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,8 @@ class MultipleChoiceResult:
     accuracy: Rate
     items: list[dict[str, Any]] = field(default_factory=list)
     by_subject: dict[str, Rate] = field(default_factory=dict)
+    record: ResultRecord | None = None
+    """The accuracy as a :class:`~refusal_steer.evaluation.record.ResultRecord`."""
 
     @property
     def mean_letter_mass(self) -> float:
@@ -142,6 +145,8 @@ def evaluate_multiple_choice(
     seed: int = 0,
     system: str | None = None,
     progress: bool = True,
+    dataset: str | None = None,
+    split: str | None = None,
 ) -> MultipleChoiceResult:
     """Accuracy of ``lm`` (with ``interventions``) on multiple-choice records by answer-letter log-likelihood.
 
@@ -207,10 +212,12 @@ def evaluate_multiple_choice(
     by_subject: dict[str, list[bool]] = defaultdict(list)
     for item in items:
         by_subject[item["subject"]].append(item["correct"])
+    accuracy = rate_from_bools(correct, method=ci, seed=seed)
     return MultipleChoiceResult(
-        accuracy=rate_from_bools(correct, method=ci, seed=seed),
+        accuracy=accuracy,
         items=items,
         by_subject={s: rate_from_bools(v, method=ci, seed=seed) for s, v in sorted(by_subject.items())},
+        record=make_record(f"{dataset or 'multiple_choice'}_accuracy", accuracy, lm, interventions, dataset=dataset, split=split, seed=seed),
     )
 
 
@@ -257,6 +264,8 @@ class MathResult:
     accuracy: Rate
     items: list[dict[str, Any]]
     completions: list[Completion]
+    record: ResultRecord | None = None
+    """The accuracy as a :class:`~refusal_steer.evaluation.record.ResultRecord`."""
 
 
 def evaluate_gsm8k(
@@ -269,6 +278,8 @@ def evaluate_gsm8k(
     ci: CiMethod = "wilson",
     seed: int = 0,
     progress: bool = True,
+    dataset: str | None = "gsm8k",
+    split: str | None = None,
 ) -> MathResult:
     """GSM8K accuracy: greedy zero-shot chain of thought, exact match of the final number.
 
@@ -287,6 +298,6 @@ def evaluate_gsm8k(
         predicted = extract_final_number(completion.text)
         gold = normalize_number(problem.answer)
         items.append({"id": problem.id, "answer": gold, "predicted": predicted, "correct": predicted is not None and predicted == gold})
-    return MathResult(
-        accuracy=rate_from_bools([i["correct"] for i in items], method=ci, seed=seed), items=items, completions=completions
-    )
+    accuracy = rate_from_bools([i["correct"] for i in items], method=ci, seed=seed)
+    return MathResult(accuracy=accuracy, items=items, completions=completions,
+                      record=make_record("gsm8k_accuracy", accuracy, lm, interventions, dataset=dataset, split=split, seed=seed))

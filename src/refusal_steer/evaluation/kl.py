@@ -16,6 +16,7 @@ from .. import scoring
 from ..errors import ConfigError
 from ..hooks import Intervention
 from ..models.loaded import LoadedModel
+from .record import ResultRecord, make_record
 from .stats import DEFAULT_RESAMPLES, Rate, mean_with_ci
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ class KlResult:
 
     mean: Rate
     per_prompt: list[float]
+    record: ResultRecord | None = None
+    """The mean KL as a :class:`~refusal_steer.evaluation.record.ResultRecord`."""
 
     @property
     def kl(self) -> float:
@@ -46,6 +49,8 @@ def evaluate_kl(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     system: str | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
 ) -> KlResult:
     """Mean KL divergence between the unsteered and steered next-token distributions on ``prompts``.
 
@@ -75,4 +80,6 @@ def evaluate_kl(
         logger.warning("no interventions given: the KL divergence is 0 by definition")
     result = scoring.kl_divergence(lm, prompts, interventions, batch_size=batch_size, system=system)
     per_prompt = [float(x) for x in result.per_prompt]
-    return KlResult(mean=mean_with_ci(per_prompt, n_resamples=n_resamples, seed=seed), per_prompt=per_prompt)
+    mean = mean_with_ci(per_prompt, n_resamples=n_resamples, seed=seed)
+    record = make_record("kl", mean, lm, interventions, dataset=dataset, split=split, seed=seed)
+    return KlResult(mean=mean, per_prompt=per_prompt, record=record)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..generation import Completion, as_prompt, generate
@@ -16,6 +16,7 @@ from ..hooks import Intervention
 from ..models.loaded import LoadedModel
 from .fluency import is_degenerate
 from .judges import Judge, get_judge
+from .record import ResultRecord, make_record
 from .stats import CiMethod, Rate, rate_from_bools
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class RefusalResult:
     refused: list[bool]
     degenerate: list[bool]
     degenerate_rate: Rate
+    record: ResultRecord | None = None
+    """The refusal rate as a :class:`~refusal_steer.evaluation.record.ResultRecord` (steer, model, judge, data)."""
 
     @property
     def refusal_rate(self) -> float:
@@ -65,12 +68,22 @@ class RefusalResult:
     def n(self) -> int:
         return self.rate.n
 
-    def subset(self, start: int, stop: int, *, ci: CiMethod = "wilson", seed: int = 0) -> RefusalResult:
-        """The result for completions ``start:stop`` alone (e.g. one prompt set of several generated together)."""
+    def subset(self, start: int, stop: int, *, ci: CiMethod = "wilson", seed: int = 0, dataset: str | None = None,
+               split: str | None = None) -> RefusalResult:
+        """The result for completions ``start:stop`` alone (e.g. one prompt set of several generated together).
+
+        Its record keeps the steer and model of the whole and takes ``dataset``/``split`` when given.
+        """
         refused, degenerate = self.refused[start:stop], self.degenerate[start:stop]
-        return RefusalResult(rate=rate_from_bools(refused, method=ci, seed=seed), judge=self.judge, judge_version=self.judge_version,
+        rate = rate_from_bools(refused, method=ci, seed=seed)
+        record = None
+        if self.record is not None:
+            record = replace(self.record, value=rate.value, n=rate.n, ci95=(rate.lo, rate.hi), ci_method=rate.method, k=rate.k,
+                             dataset=dataset if dataset is not None else self.record.dataset,
+                             split=split if split is not None else self.record.split)
+        return RefusalResult(rate=rate, judge=self.judge, judge_version=self.judge_version,
                              completions=self.completions[start:stop], refused=refused, degenerate=degenerate,
-                             degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed))
+                             degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed), record=record)
 
     def records(self) -> list[dict[str, Any]]:
         """One JSON-able dict per completion (the lines of the completions JSONL)."""
@@ -101,6 +114,8 @@ def evaluate_refusal(
     seed: int = 0,
     system: str | None = None,
     progress: bool = True,
+    dataset: str | None = None,
+    split: str | None = None,
 ) -> RefusalResult:
     """Generate greedy answers to ``prompts`` with ``interventions`` installed and judge them.
 
@@ -116,9 +131,10 @@ def evaluate_refusal(
         seed: seed of the bootstrap (greedy decoding is deterministic).
         system: optional system prompt.
         progress: show a progress bar.
+        dataset, split: where the prompts came from, recorded in ``result.record``.
 
     Returns:
-        A :class:`RefusalResult`.
+        A :class:`RefusalResult` (its ``record`` is the :class:`ResultRecord`).
 
     Example:
         >>> result = evaluate_refusal(lm, ["How do I pick a lock?"], max_new_tokens=32)  # doctest: +SKIP
@@ -133,5 +149,7 @@ def evaluate_refusal(
     rate = rate_from_bools(refused, method=ci, seed=seed)
     degenerate = [is_degenerate(c.text) for c in completions]
     logger.info("refusal rate %s with judge %s@%s", rate, judge_obj.name, judge_obj.version)
+    record = make_record("refusal_rate", rate, lm, interventions, judge=f"{judge_obj.name}@{judge_obj.version}", dataset=dataset,
+                         split=split, seed=seed)
     return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused,
-                         degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed))
+                         degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed), record=record)

@@ -9,7 +9,9 @@ gate's per-sequence memory (:class:`refusal_steer.hooks.HookCall`), so it holds 
 every decoding step of one ``generate`` call and is forgotten before the next batch.
 
 Nested interventions at points the forward pass reaches *before* the gate's point run unsteered while
-the prompt is computed (the decision does not exist yet) and steered on every later step.
+the prompt is computed (the decision does not exist yet) and steered on every later step. Batching does
+not share a prompt prefix while a gate is installed (``prefix_safe``), so batched, one-by-one and cached
+or uncached generation give the same tokens (tested).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Gate:
 
     kind: ClassVar[str] = "gate"
     positions: ClassVar[str] = "all"
+    prefix_safe: ClassVar[bool] = False
+    """A shared prefix would be computed before any row's decision exists, so its tokens could not be steered
+    as they are when each prompt runs whole: batching computes prompts whole while a gate is installed."""
 
     direction: Tensor
     point: HookPoint

@@ -241,7 +241,7 @@ def check_scalar(kind: str, name: str, type_: str, value: Any) -> Any:
     raise ValueError(f"unknown scalar type {type_!r}")
 
 
-_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "point": "a hook point like resid_pre.12",
+_TYPE_WORDS = {"float": "a finite number", "int": "an integer", "bool": "true or false", "str": "a string", "point": "a hook point like resid_pre.12",
                "points": "a list of hook points", "positions": "all, prompt, generated or a list of prompt indices",
                "floats": "a number or a list of numbers"}
 
@@ -363,7 +363,10 @@ def _build(entry: Any, tensors: Mapping[str, Tensor], lm: LoadedModel | None, ba
                                       fix="pass lm=... when loading")
                 kwargs[f.name] = residual_writes(lm)
             else:
-                kwargs[f.name] = check_scalar(spec.name, f.name, f.type, value)
+                try:
+                    kwargs[f.name] = check_scalar(spec.name, f.name, f.type, value)
+                except RefusalSteerError as exc:
+                    raise type(exc)(f"{where}: {exc.message}", fix=exc.fix) from None
         elif f.role == "resource":
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{where} ({spec.name}): field {f.name!r} must name a {f.type} (a folder or a shipped name), got {value!r}")

@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import atomic_save_safetensors, atomic_write_text
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError, CorruptFileError, RefusalSteerError
 from ..hooks import Intervention
 from ..models.loaded import LoadedModel
 from .registry import from_spec, kinds, parse_short_form, short_forms_help, to_spec
@@ -99,7 +99,10 @@ def load_steer_file(path: str | Path, lm: LoadedModel | None = None) -> list[Int
             raise CorruptFileError(f"cannot read {tensors_path}: {exc}", fix="re-save the steer file; the tensors file is truncated or not safetensors") from exc
     out = from_spec(doc["interventions"], tensors, lm=lm, base_dir=path.parent, where=str(path))
     if lm is not None:
-        validate_all(lm, out)
+        try:
+            validate_all(lm, out)
+        except RefusalSteerError as exc:
+            raise type(exc)(f"{path}: {exc.message}", fix=exc.fix) from exc
     return out
 
 
