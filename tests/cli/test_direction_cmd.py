@@ -42,15 +42,18 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     kl = json.loads(kl_out.read_text())
     assert kl["steer"] == [f"cap:{out}"] and kl["n"] == 4 and kl["kl"] >= 0
     optimized = summary["optimized"]
-    assert optimized["file"] == str(out / "optimized.safetensors") and optimized["step"] in (0, 2)
+    assert optimized["step"] in (0, 2)
+    # step 0 kept: no refined file, and ablate:OUT / --direction OUT apply the selected direction
+    assert optimized["file"] == (str(out / "optimized.safetensors") if optimized["step"] else None)
+    assert (out / "optimized.safetensors").is_file() == bool(optimized["step"])
     result = runner.invoke(build_app(), [
         "eval", "--model", str(model_dir), "--metric", "kl", "--dataset", f"jsonl:{harmful}", "--split", "test", "--limit", "4",
-        "--steer", f"ablate:{optimized['file']}", "--out", str(kl_out)])
+        "--steer", f"ablate:{out}", "--out", str(kl_out)])
     assert result.exit_code == 0, (result.output, result.exception)
     assert json.loads(kl_out.read_text())["n"] == 4
     # The refined direction bakes into weights like the selected one: plain transformers matches hook ablation.
     ortho = tmp_path / "ortho"
-    result = runner.invoke(build_app(), ["orthogonalize", "--model", str(model_dir), "--direction", optimized["file"], "--out", str(ortho)])
+    result = runner.invoke(build_app(), ["orthogonalize", "--model", str(model_dir), "--direction", str(out), "--out", str(ortho)])
     assert result.exit_code == 0, (result.output, result.exception)
     from refusal_steer.directions.scores import last_token_logprobs
     from refusal_steer.interventions import parse_steer
@@ -59,5 +62,5 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     lm = load_model(str(model_dir))
     baked = load_model(str(ortho))  # a plain Hugging Face folder, loaded by transformers with no hooks
     prompts = ["Write a short poem about item 3.", "Tell me how to do harmful thing number 7."]
-    hooked = last_token_logprobs(lm, prompts, parse_steer(f"ablate:{optimized['file']}", lm))
+    hooked = last_token_logprobs(lm, prompts, parse_steer(f"ablate:{out}", lm))
     torch.testing.assert_close(last_token_logprobs(baked, prompts), hooked, atol=1e-4, rtol=1e-4)

@@ -11,6 +11,7 @@ from refusal_steer.runs import direction as pipeline_module
 from refusal_steer.directions.io import load_direction
 from refusal_steer.runs.direction import DirectionConfig, find_direction
 from refusal_steer.directions.selection import SelectionConfig
+from refusal_steer.interventions import fingerprint
 from refusal_steer.interventions import parse_steer as parse_steer_
 
 LOOSE = SelectionConfig(kl_threshold=1e9, induce_threshold=-1e9, screen_top_k=3, batch_size=8, actadd_coefs=(1.0, 2.0))
@@ -32,8 +33,7 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     out = tmp_path / "direction"
     result = find_direction(lm, config, out, progress=False)
     for name in ("prompts.json", "candidates.safetensors", "refusal_tokens.json", "selection.json", "selection_heatmap.png",
-                 "direction.safetensors", "actadd.safetensors", "cap.safetensors", "optimized.safetensors", "optimization.json",
-                 "manifest.json"):
+                 "direction.safetensors", "actadd.safetensors", "cap.safetensors", "optimization.json", "manifest.json"):
         assert (out / name).is_file(), name
     cap = result.selection["cap"]  # KL threshold 1e9: the lowest capped bypass among the scored candidates wins
     assert cap["point"] is not None and len(cap["table"]) == 3
@@ -56,16 +56,7 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
 
     optimization = result.selection["optimization"]
     assert [c["step"] for c in optimization["checkpoints"]] == [0, 5, 10] and optimization["n_targets"] >= 1
-    (refined,) = parse_steer_(f"ablate:{out / 'optimized.safetensors'}", lm)
-    (by_folder,) = parse_steer_(f"ablate:{out}", lm)  # the folder's best ablation: the refined direction
-    torch.testing.assert_close(by_folder.direction, refined.direction)
-    (selected,) = parse_steer_(f"ablate:{out / 'direction.safetensors'}", lm)
-    torch.testing.assert_close(selected.direction, saved.direction / saved.direction.norm())
-    kept = load_direction(out / "optimized.safetensors")
-    assert kept.metadata["optimized_step"] == str(optimization["step"]) and str(kept.point) == result.selection["point"]
-    assert refined.kind == "ablate" and len(refined.points) == 3 * lm.n_layers
-    assert kept.direction.norm().item() == pytest.approx(saved.direction.norm().item(), rel=1e-5)  # scaled like the selected one
-
+    _check_refined_files(lm, out, optimization, saved)
     monkeypatch.setattr(pipeline_module, "difference_in_means", boom)
     monkeypatch.setattr(pipeline_module, "select_direction", boom)
     monkeypatch.setattr(pipeline_module, "optimize_direction", boom)
@@ -73,9 +64,51 @@ def test_find_direction_writes_artifacts_and_resumes(make_tiny_lm, prompt_files,
     assert again.selection == result.selection
 
 
+def _check_refined_files(lm, out, optimization, saved):
+    """A later kept step writes optimized.safetensors, which ablate:DIR applies; step 0 kept writes none (ablate:DIR = the selected one)."""
+    (by_folder,) = parse_steer_(f"ablate:{out}", lm)
+    (selected,) = parse_steer_(f"ablate:{out / 'direction.safetensors'}", lm)
+    torch.testing.assert_close(selected.direction, saved.direction / saved.direction.norm())
+    if optimization["step"] == 0:
+        assert not (out / "optimized.safetensors").exists()
+        assert torch.equal(by_folder.direction, selected.direction)
+        return
+    (refined,) = parse_steer_(f"ablate:{out / 'optimized.safetensors'}", lm)
+    torch.testing.assert_close(by_folder.direction, refined.direction)
+    kept = load_direction(out / "optimized.safetensors")
+    assert kept.metadata["optimized_step"] == str(optimization["step"]) and str(kept.point) == str(saved.point)
+    assert refined.kind == "ablate" and len(refined.points) == 3 * lm.n_layers
+    assert kept.direction.norm().item() == pytest.approx(saved.direction.norm().item(), rel=1e-5)  # scaled like the selected one
+
+
+def _keep_step_five(monkeypatch):
+    """Make the refinement report step 5 kept (a perturbed direction), whatever the tiny random model's checkpoints say."""
+    from dataclasses import replace
+
+    real = pipeline_module.optimize_direction
+
+    def later(*args, **kwargs):
+        found = real(*args, **kwargs)
+        changed = torch.nn.functional.normalize(found.direction + 0.1 * torch.randn_like(found.direction), dim=0)
+        return replace(found, direction=changed, step=5)
+
+    monkeypatch.setattr(pipeline_module, "optimize_direction", later)
+
+
+def test_a_later_kept_step_writes_the_refined_file(make_tiny_lm, prompt_files, tmp_path, monkeypatch):
+    """Both branches of the refinement's file are exercised: here the refinement keeps step 5."""
+    lm = make_tiny_lm("qwen2")
+    _keep_step_five(monkeypatch)
+    config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17), selection=LOOSE)
+    result = find_direction(lm, config, tmp_path, progress=False)
+    assert result.selection["optimization"]["step"] == 5 and (tmp_path / "optimized.safetensors").is_file()
+    _check_refined_files(lm, tmp_path, result.selection["optimization"], load_direction(tmp_path))
+
+
 def test_refinement_is_skipped_with_a_record_when_no_answer_complies(make_tiny_lm, prompt_files, tmp_path, monkeypatch):
     lm = make_tiny_lm("qwen2")
     config = DirectionConfig(harmful=prompt_files[0], harmless=prompt_files[1], n_train=8, n_val=4, refusal_token_ids=(5, 17), selection=LOOSE)
+    _keep_step_five(monkeypatch)
     find_direction(lm, config, tmp_path, progress=False)
     assert (tmp_path / "optimized.safetensors").is_file()
     from dataclasses import replace
@@ -134,16 +167,11 @@ def test_demo_end_to_end_on_tiny_model(make_tiny_lm, prompt_files, tmp_path):
     direction_dir = tmp_path / "run" / "direction"
     selection = json.loads((direction_dir / "selection.json").read_text())
     optimization = json.loads((direction_dir / "optimization.json").read_text())
-    for step in (0, 2):  # both branches, whatever this run kept
-        checkpoints = [{**c, "step": step if c["status"] == "kept" else c["step"]} for c in optimization["checkpoints"]]
-        names = [c.name for c in demo_module._conditions(lm, direction_dir, {**selection, "optimization": {**optimization, "step": step,
-                                                                                                        "checkpoints": checkpoints}}, config)]
-        assert ("optimized" in names) == (step != 0)
-    refined_condition = next(c for c in demo_module._conditions(lm, direction_dir, {**selection, "optimization": {
-        **optimization, "step": 2, "checkpoints": [{**c, "step": 2} if c["status"] == "kept" else c for c in optimization["checkpoints"]]}},
-        config) if c.name == "optimized")
-    saved = load_direction(direction_dir / "optimized.safetensors").direction
-    torch.testing.assert_close(refined_condition.interventions[0].direction, saved / saved.norm())
+    # The refined steer is optional in the demo's run config: evaluated exactly when the refinement wrote its file (step != 0).
+    assert (direction_dir / "optimized.safetensors").is_file() == bool(refined)
+    assert ("optimized" in metrics["skipped_steers"]) == (not refined)
+    assert metrics["results"]["ablation_harmful"]["record"]["steer"] == fingerprint(
+        parse_steer_(f"ablate:{direction_dir / 'direction.safetensors'}", lm))
     assert metrics["optimization"]["config"]["steps"] == 2 and len(json.loads((tmp_path / "run" / "direction" / "prompts.json").read_text())["harmless_kl_optimize"]) == 5
     assert metrics["direction"]["cap"]["point"] is not None
     # Harmful and harmless prompts of one condition are generated together, then split back in order.

@@ -106,7 +106,10 @@ def direction(
     elif cap:
         console.print(f"  capped ablation: no candidate passed KL < {cap['kl_threshold']:g}; no cap.safetensors written")
     optimized = summary["optimized"]
-    if optimized:
+    if optimized and optimized["file"] is None:
+        console.print("  refinement kept step 0 (no later checkpoint passed the KL filter with a lower validation bypass): "
+                      f"no refined file; ablate:{out} applies the selected direction")
+    elif optimized:
         console.print(f"  refined direction ({optimized['file']}, what ablate:{out} applies; ablate:{out}/direction.safetensors "
                       f"applies the selected one): step {optimized['step']}, bypass score {optimized['bypass']:.2f}, "
                       f"KL {optimized['kl']:.3f} on validation (step 0 is the selected direction)")
@@ -114,13 +117,15 @@ def direction(
 
 
 def _optimized_summary(out: Path, optimization: dict | None) -> dict | None:
-    """The kept checkpoint of the refinement, or None when it was skipped."""
-    if not optimization or optimization.get("skipped"):
-        return None
-    kept = next(c for c in optimization["checkpoints"] if c["step"] == optimization["step"])
+    """The kept checkpoint of the refinement (None when it was skipped); ``file`` is None when step 0 was kept (no refined file)."""
     from ..directions.io import OPTIMIZED_FILENAME
+    from ..runs.execute import optimization_summary
 
-    return {"file": str(out / OPTIMIZED_FILENAME), "step": kept["step"], "bypass": kept["bypass"], "kl": kept["kl"]}
+    summary = optimization_summary(optimization)
+    if summary is None:
+        return None
+    kept = summary["kept"]
+    return {"file": str(out / OPTIMIZED_FILENAME) if kept["step"] != 0 else None, "step": kept["step"], "bypass": kept["bypass"], "kl": kept["kl"]}
 
 
 @app.command("orthogonalize")

@@ -62,58 +62,31 @@ def train(
     stops after the hooked layer), then training runs over it; a rerun resumes either stage.
     """
     from ..errors import ConfigError
-    from ..sae import TrainConfig, build_sae, registry, train_sae
+    from ..runs.sae_stage import build_for, cache_mix, epochs
+    from ..sae import TrainConfig, train_sae
     from ..sae.shards import ActivationShards
 
     if activations is None:
         if model is None or point is None:
             raise ConfigError("sae train needs --activations DIR, or --model MODEL with --point", fix="e.g. --model default --point resid_pre.14")
+        from ..models import load_model
+
         points = [point] + [p for p in (cache_points or "").split(",") if p.strip() and p.strip() != point]
-        activations = _cache_mix(model, points, out / "activations", cache_tokens or tokens, seed, device, progress=not no_progress)
+        activations = cache_mix(load_model(model, device=device), points, out / "activations", cache_tokens or tokens, seed,
+                                progress=not no_progress)
     shards = ActivationShards(activations, point=point)
-    cfg_cls = registry.get(arch)[1]
-    fields: dict = {"d_in": shards.d_in, "d_sae": width, "point": point, "model": model}
-    if arch in ("topk", "batchtopk"):
-        fields["k"] = k
-    elif arch == "relu_l1":
-        fields["l1_coefficient"] = l1_coefficient
-    elif arch == "jumprelu":
-        fields["l0_coefficient"] = l0_coefficient
-        if init_l0 is not None:
-            fields["init_l0"] = init_l0
-    sae = build_sae(cfg_cls(**fields)).to(device)
+    sae = build_for(arch, shards.d_in, width, point, model, k=k, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
+                    init_l0=init_l0).to(device)
     tcfg = TrainConfig(
         tokens=tokens, batch_size=batch_size, lr=lr, dead_tokens=dead_tokens, checkpoint_every=checkpoint_every, seed=seed, progress=not no_progress
     )
-    res = train_sae(sae, _epochs(shards, tokens), tcfg, out)
+    res = train_sae(sae, epochs(shards, tokens), tcfg, out)
     summary = {"out": str(out), "arch": arch, "steps": res.steps, "tokens": res.tokens, "seconds": res.seconds, "resumed_from": res.resumed_from,
                "final": res.history[-1] if res.history else None}
     if as_json:
         print_json(summary)
     else:
         console.print(f"trained {arch} SAE ({width} latents) for {res.steps} steps / {res.tokens} tokens -> {out}")
-
-
-def _cache_mix(model: str, points: list[str], out: Path, n_tokens: int, seed: int, device: str, progress: bool) -> Path:
-    """Cache the train split of the SAE token mix at ``points`` (resumes an unfinished cache)."""
-    from ..activations import cache_token_activations
-    from ..models import load_model
-    from ..sae.corpus import mix_token_lists
-
-    lm = load_model(model, device=device)
-    sequences, skip = mix_token_lists(lm, n_tokens, split="train", seed=seed)
-    # Small shards: an interrupted cache loses at most ~256 sequences of work.
-    cache_token_activations(lm, sequences, [p.strip() for p in points], out, skip_tokens=skip, shard_size=256, source="sae-mix:train", progress=progress)
-    return out
-
-
-def _epochs(shards, tokens: int):
-    """A source that replays the shards as many times as the token budget needs."""
-    import itertools
-    import math
-
-    repeats = max(1, math.ceil(tokens / max(shards.n_rows, 1)))
-    return lambda: itertools.chain.from_iterable(iter(shards) for _ in range(repeats))
 
 
 @sae_app.command("eval")

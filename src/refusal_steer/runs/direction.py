@@ -215,8 +215,10 @@ def _optimize_stage(run: RunDir, lm: LoadedModel, config: DirectionConfig, diffs
                     selection: dict, key: dict, provenance: dict, progress: bool) -> dict:
     """Refine the selected direction (:mod:`.optimize`) as a resumable stage; return ``optimization.json``."""
     done = run.is_done("optimize", key, ["optimization.json"])
-    if done and not json.loads(run.file("optimization.json").read_text()).get("skipped"):
-        done = run.file(OPTIMIZED_FILENAME).is_file()
+    if done:
+        record = json.loads(run.file("optimization.json").read_text())
+        if not record.get("skipped") and record.get("step") != 0:
+            done = run.file(OPTIMIZED_FILENAME).is_file()
     if not done:
         started = time.time()
         scored = [row for row in selection["table"] if row.get("bypass") is not None]
@@ -237,9 +239,12 @@ def _optimize_stage(run: RunDir, lm: LoadedModel, config: DirectionConfig, diffs
                 _optimize_kl_prompts(prompts, config), refusal_token_ids, config.optimize,
                 scoring_batch_size=config.batch_size, system=config.system, progress=progress,
             )
-            # Unit direction scaled to the difference-in-means norm, so actadd:FILE adds a comparable amount.
-            save_direction(run.file(OPTIMIZED_FILENAME), found.direction * init.norm(), selection["point"], position=selection["position"],
-                           rule="optimized", optimized_step=found.step, **provenance)
+            # Unit direction scaled to the difference-in-means norm, so actadd:FILE adds a comparable amount. When step 0
+            # (the selected direction itself) is kept there is no refined direction: no file, and ablate:DIR applies
+            # direction.safetensors, the same direction, exactly.
+            if found.step != 0:
+                save_direction(run.file(OPTIMIZED_FILENAME), found.direction * init.norm(), selection["point"], position=selection["position"],
+                               rule="optimized", optimized_step=found.step, **provenance)
             report.update(found.to_json())
         report["seconds"] = round(time.time() - started, 1)
         write_json(run.file("optimization.json"), report)
