@@ -10,3 +10,4 @@ from . import eval_cmd  # noqa: F401
 from . import gen_cmd  # noqa: F401
 from . import direction_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
+from . import run_cmd  # noqa: F401

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._common import console
+from ._common import console, err_console
 
 
 @app.command("demo")
@@ -21,7 +21,10 @@ def demo(
     optimize_steps: int = typer.Option(None, help="Gradient steps refining the direction (default 10, quick 5); 0 = no refined-ablation condition."),
     cap_candidates: int = typer.Option(0, "--cap-candidates", "--clamp-candidates", help="Also evaluate capped ablation, choosing among this many lowest-bypass candidates (about 2 more minutes); 0 = skip."),
 ) -> None:
-    """Find the refusal direction of the default model, then compare baseline, ablation (difference-in-means and refined) and activation addition on held-out prompts."""
+    """Find the refusal direction of the default model, then compare baseline, ablation (difference-in-means and refined) and activation addition on held-out prompts.
+
+    The same run as `refusal-steer run configs/demo.yaml` (configs/demo-quick.yaml with --quick).
+    """
     from ..demo import DemoConfig, run_demo
 
     overrides = {"model": model, "actadd_candidates": actadd_candidates, "actadd_positions": actadd_positions,
@@ -30,5 +33,5 @@ def demo(
     config = DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
     if quick and out == Path("runs/demo"):
         out = Path("runs/demo-quick")
-    report = run_demo(out, config)
+    report = run_demo(out, config, announce=lambda text: err_console.print(text, highlight=False))
     console.print(f"[bold green]done.[/] report: {report} (also {report.with_suffix('.html')}); numbers: {report.parent / 'metrics.json'}")

@@ -137,6 +137,8 @@ def _evaluate(run: RunDir, lm: LoadedModel, config: RunConfig, direction: Direct
     for spec in ev.metrics:
         for steer_name in spec.steers or tuple(ev.steers):
             if steer_name in skipped:  # an optional steer whose file does not exist (recorded in metrics.json)
+                if spec.metric != "kl" or steer_name in (spec.steers or ()):
+                    begin(f"{spec.metric} under {steer_name}: skipped ({skipped[steer_name]})")
                 continue
             interventions = steers[steer_name]
             if spec.metric == "kl" and not interventions:
