@@ -16,14 +16,14 @@ from typing import Any
 from ..activations import cache_token_activations
 from ..models import LoadedModel
 from ..sae import TrainConfig, build_sae, registry, train_sae
-from ..sae.corpus import mix_token_lists
+from ..sae import corpus
 from ..sae.shards import ActivationShards
 from ..sae.training import TrainResult
 
 
 def cache_mix(lm: LoadedModel, points: list[str], out: Path, n_tokens: int, seed: int, *, progress: bool = True) -> Path:
     """Cache the train split of the SAE token mix at ``points`` into ``out`` (resumes an unfinished cache)."""
-    sequences, skip = mix_token_lists(lm, n_tokens, split="train", seed=seed)
+    sequences, skip = corpus.mix_token_lists(lm, n_tokens, split="train", seed=seed)
     # Small shards: an interrupted cache loses at most ~256 sequences of work.
     cache_token_activations(lm, sequences, [p.strip() for p in points], out, skip_tokens=skip, shard_size=256, source="sae-mix:train",
                             progress=progress)
