@@ -64,7 +64,8 @@ def test_kl_divergence_zero_without_steer_and_matches_hand(make_tiny_lm):
     steered = next_token_logprobs(lm, PROMPTS, steer)
     hand = torch.nn.functional.kl_div(steered, base, log_target=True, reduction="none").sum(-1)
     torch.testing.assert_close(result.per_prompt, hand, atol=1e-5, rtol=1e-4)
-    assert result.n == 3 and result.mean == pytest.approx(float(hand.mean()), rel=1e-4)
+    # In batches of 2 vs one batch: the mean agrees as well as the per-prompt values above (float32 rounding), no better.
+    assert result.n == 3 and result.mean == pytest.approx(float(hand.mean()), rel=1e-4, abs=1e-5)
     assert result.mean > 0
 
 

@@ -97,10 +97,15 @@ def test_checkpoint_kl_is_that_directions_ablation_against_the_unsteered_model(m
     base = last_token_logprobs(lm, VAL_HARMLESS)
     for checkpoint in found.checkpoints:
         assert checkpoint["kl_n"] == len(VAL_HARMLESS)
+    # The KL filter measured the checkpoints in other batches (at least two, in its own prompt order) than these one-batch
+    # re-measurements. A prompt's float32 log-probabilities then differ by a few rounding units of the largest |log-probability|,
+    # and KL = sum_v p_v (base_v - steered_v) moves by at most that much: a KL of ~1e-4 agrees to a relative 1e-4 on some CPUs
+    # only. 8 float32 eps x max |log-probability| (~6e-6 here; observed ~1e-7; the two checkpoints' KLs differ by ~1e-4) holds on any.
+    tol = 8 * torch.finfo(torch.float32).eps * base.abs().max().item()
     start = kl_divergence(base, last_token_logprobs(lm, VAL_HARMLESS, [all_layers_ablation(init, lm)])).mean().item()
-    assert found.checkpoints[0]["kl"] == pytest.approx(start, rel=1e-4)
+    assert found.checkpoints[0]["kl"] == pytest.approx(start, abs=tol)
     kept = kl_divergence(base, last_token_logprobs(lm, VAL_HARMLESS, [all_layers_ablation(found.direction, lm)])).mean().item()
-    assert next(c for c in found.checkpoints if c["status"] == "kept")["kl"] == pytest.approx(kept, rel=1e-4)
+    assert next(c for c in found.checkpoints if c["status"] == "kept")["kl"] == pytest.approx(kept, abs=tol)
 
 
 def test_compliance_targets_keep_only_answers_the_judge_passes(make_tiny_lm, monkeypatch):
