@@ -223,11 +223,12 @@ def test_registering_twice_is_an_error():
 
 
 def test_help_lists_the_registered_forms():
-    result = subprocess.run(["refusal-steer", "eval", "--help"], capture_output=True, text=True, env={"COLUMNS": "400", "PATH": _path()})
-    text = " ".join(result.stdout.split())
-    for prefix, form in short_forms().items():
-        if not form.deprecated:
-            assert f"{prefix}:DIR" in text, prefix
+    for command in (["--help"], ["eval", "--help"]):
+        result = subprocess.run(["refusal-steer", *command], capture_output=True, text=True, env={"COLUMNS": "400", "PATH": _path()})
+        text = " ".join(result.stdout.split())
+        for prefix, form in short_forms().items():
+            if not form.deprecated:
+                assert f"{prefix}:DIR" in text, (command, prefix)
 
 
 def _path() -> str:

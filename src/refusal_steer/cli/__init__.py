@@ -51,10 +51,18 @@ def _click_exception_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _root_help() -> str:
+    """The root --help: what the tool is, and the --steer short forms registered in this install."""
+    from ..interventions import short_forms_help
+
+    return ("Find, explain and steer refusal in chat language models through their activations.\n\n"
+            f"--steer takes a short form ({short_forms_help()}), 'none', or a steer file (.yaml/.json); see docs/steers.md.")
+
+
 app = typer.Typer(
     cls=_RootGroup,
     name="refusal-steer",
-    help="Find, explain and steer refusal in chat language models through their activations.",
+    help=_root_help(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -73,7 +81,6 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
 ) -> None:
-    """Find, explain and steer refusal in chat language models through their activations."""
     state.debug = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
