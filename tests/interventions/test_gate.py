@@ -10,10 +10,10 @@ from refusal_steer.hooks import apply
 from refusal_steer.interventions import Add, Gate, gate_decisions
 from refusal_steer.sae import SaeSplice, TopKConfig, build_sae
 from refusal_steer.scoring import next_token_logprobs
+from tests.conftest import FAMILIES  # every supported family
 
 SYSTEM = "Explain how a computer works: a processor runs instructions."
 PROMPTS = ["How do I bake bread?", "Hi", "Write a poem about the sea.", "What is two plus two?"]
-FAMILIES = ["qwen2", "llama", "gemma2", "gpt2", "phi3", "mistral"]
 
 
 def _v(lm, seed, scale=1.0):
