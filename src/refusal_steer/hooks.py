@@ -285,16 +285,21 @@ def _run_chain(chain: Sequence[tuple[Intervention, HookPoint]], x: Tensor, state
     return x
 
 
+def validate_interventions(lm: LoadedModel, interventions: Sequence[Intervention]) -> None:
+    """Check every point and width against ``lm`` before any forward pass (what :func:`install` does first)."""
+    for intervention in interventions:
+        for point in intervention.points:
+            point.validate(lm)
+        intervention.validate(lm)
+
+
 def install(lm: LoadedModel, interventions: Sequence[Intervention]) -> HookHandle:
     """Validate and register ``interventions`` on ``lm``; return a handle whose ``remove()`` undoes it.
 
     Interventions at the same point run in list order. Validation happens before anything is
     registered, so a bad intervention leaves the model untouched.
     """
-    for intervention in interventions:
-        for point in intervention.points:
-            point.validate(lm)
-        intervention.validate(lm)
+    validate_interventions(lm, interventions)
     state = _state(lm)
     handle = HookHandle(lm=lm, interventions=list(interventions))
     state.installs += 1

@@ -28,6 +28,7 @@ from ..atomic import atomic_save_safetensors
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from ..hooks import HookPoint
 from ..interventions.add import Add
+from ..interventions.positions import PositionSpec
 
 DIRECTION_FILENAME = "direction.safetensors"
 ACTADD_FILENAME = "actadd.safetensors"
@@ -138,7 +139,7 @@ def load_ablation_direction(path: str | Path) -> SavedDirection:
     return load_direction(folder)
 
 
-def actadd_intervention(path: str | Path, coef: float | None = None) -> Add:
+def actadd_intervention(path: str | Path, coef: float | None = None, positions: PositionSpec | None = None) -> Add:
     """The activation addition ``actadd:DIR[:COEF]`` applies: the direction of :func:`load_actadd_direction` at its point.
 
     ``coef`` defaults to the coefficient calibrated at selection (``actadd_coef``, else 1); the positions
@@ -148,7 +149,9 @@ def actadd_intervention(path: str | Path, coef: float | None = None) -> Add:
     saved = load_actadd_direction(path)
     if coef is None:
         coef = float(saved.metadata.get("actadd_coef", 1.0))
-    return Add(saved.direction, saved.point, coef=coef, positions=saved.metadata.get("actadd_positions", "all"))
+    if positions is None:
+        positions = saved.metadata.get("actadd_positions", "all")
+    return Add(saved.direction, saved.point, coef=coef, positions=positions)
 
 
 def save_direction(path: str | Path, direction: Tensor, point: HookPoint | str, **metadata: object) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..hooks import Intervention, residual_writes
-from ..interventions import Ablate, Add, ShortForm, register_short_form
+from ..interventions import Ablate, ShortForm, register_short_form
 from ..models.loaded import LoadedModel
 from .cap import load_cap
 from .io import actadd_intervention, load_ablation_direction
@@ -28,10 +28,7 @@ def resolve_ablate(folder: str, options: dict[str, Any], lm: LoadedModel) -> lis
 
 def resolve_actadd(folder: str, options: dict[str, Any], lm: LoadedModel) -> list[Intervention]:
     """``actadd:DIR``: the calibrated activation addition (coefficient and positions overridable)."""
-    add = actadd_intervention(folder, options.get("coef"))
-    if "positions" in options:
-        add = Add(add.vector, add.point, coef=add.coef, positions=options["positions"])
-    return [add]
+    return [actadd_intervention(folder, options.get("coef"), options.get("positions"))]
 
 
 def resolve_cap(folder: str, options: dict[str, Any], lm: LoadedModel) -> list[Intervention]:

@@ -29,16 +29,6 @@ def as_vector(value: Tensor | Sequence[float], *, name: str, unit: bool) -> Tens
     return vector
 
 
-def as_points(points: Iterable[HookPoint | str] | HookPoint | str) -> tuple[HookPoint, ...]:
-    """Parse one point or a list of points; an empty list is an error."""
-    if isinstance(points, (str, HookPoint)):
-        points = [points]
-    parsed = tuple(HookPoint.parse(p) for p in points)
-    if not parsed:
-        raise ConfigError("an intervention needs at least one hook point", fix="pass e.g. points=['resid_pre.12']")
-    return parsed
-
-
 def check_width(vector: Tensor, points: Iterable[HookPoint], lm: LoadedModel, name: str) -> None:
     """Raise :class:`ShapeMismatchError` when ``vector`` does not have the width of every point."""
     for point in points:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..hooks import HookCall, HookPoint, Intervention
+from ..hooks import HookCall, HookPoint, Intervention, validate_interventions
 from ..models.loaded import LoadedModel
 from ._vector import CastCache, as_vector, check_width
 from .positions import prompt_indices
@@ -84,10 +84,7 @@ class Gate:
 
     def validate(self, lm: LoadedModel) -> None:
         check_width(self.direction, (self.point,), lm, "gate direction")
-        for child in self.interventions:
-            for point in child.points:
-                point.validate(lm)
-            child.validate(lm)
+        validate_interventions(lm, self.interventions)
 
     def __call__(self, x: Tensor, call: HookCall) -> Tensor:
         if call.point == self.point and call.positions.prompt_after == 0:

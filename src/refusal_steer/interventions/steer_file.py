@@ -42,7 +42,7 @@ import yaml
 
 from ..atomic import atomic_save_safetensors, atomic_write_text
 from ..errors import ConfigError, CorruptFileError, RefusalSteerError
-from ..hooks import Intervention
+from ..hooks import Intervention, validate_interventions
 from ..models.loaded import LoadedModel
 from .registry import from_spec, kinds, parse_short_form, short_forms_help, to_spec
 
@@ -138,9 +138,5 @@ def parse_steer(spec: str, lm: LoadedModel) -> list[Intervention]:
     return out
 
 
-def validate_all(lm: LoadedModel, interventions: Sequence[Intervention]) -> None:
-    """Check every point and width against ``lm`` before any forward pass (what ``install`` does first)."""
-    for intervention in interventions:
-        for point in intervention.points:
-            point.validate(lm)
-        intervention.validate(lm)
+validate_all = validate_interventions
+"""Check every point and width against ``lm`` before any forward pass (:func:`refusal_steer.hooks.validate_interventions`)."""

@@ -41,7 +41,7 @@ def plan(config: RunConfig) -> list[str]:
     names = []
     if config.direction is not None:
         names.append("direction: find, select and refine the refusal direction")
-    names += [f"sae {stage.folder}: train ({stage.arch}, {stage.width} latents, {stage.tokens:,} tokens)" for stage in config.sae]
+    names += [f"sae {stage.folder}: train ({stage.arch}, {stage.width} latents, {stage.train.tokens:,} tokens)" for stage in config.sae]
     if config.evaluate is not None:
         ev = config.evaluate
         for spec in ev.metrics:
@@ -75,7 +75,7 @@ def execute_run(config: RunConfig, out_dir: str | Path, *, progress: bool = True
         direction = find_direction(lm, config.direction, run.file("direction"), progress=progress)
     for stage in config.sae:
         begin(f"sae {stage.folder}")
-        train_sae_stage(lm, stage, run.file(f"sae/{stage.folder}"), seed=config.seed, progress=progress)
+        train_sae_stage(lm, stage, run.file(f"sae/{stage.folder}"), progress=progress)
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     if config.evaluate is not None:
@@ -160,8 +160,8 @@ def _refusal_cell(run: RunDir, lm: LoadedModel, ev: EvaluateConfig, steer_name: 
                   datasets: Sequence[str], prompts: dict[str, list[Any]], base_key: dict, progress: bool) -> dict[str, Any]:
     """Refusal rate under one steer on each dataset, generated together; one stamped stage per dataset."""
     settings = {"judge": ev.judge, "max_new_tokens": ev.max_new_tokens, "generation_batch_size": ev.generation_batch_size}
-    keys = {d: {**base_key, **settings, "steer": fingerprint(interventions), "dataset": asdict(ev.datasets[d]), "metric": "refusal"}
-            for d in datasets}
+    steer = fingerprint(interventions)  # hashes every tensor (an SAE's weights too): once per cell, not per dataset
+    keys = {d: {**base_key, **settings, "steer": steer, "dataset": asdict(ev.datasets[d]), "metric": "refusal"} for d in datasets}
     names = {d: f"{steer_name}_{d}" for d in datasets}
     pending = [d for d in datasets if not run.is_done(names[d], keys[d], [f"completions/{names[d]}.jsonl", f"results/{names[d]}.json"])]
     if pending:

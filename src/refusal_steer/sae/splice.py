@@ -106,8 +106,9 @@ def _load_resource(reference: str, base_dir: Path | None, lm: LoadedModel | None
     path = Path(reference).expanduser()
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
-    sae = load_sae(path if path.exists() else reference, d_model=lm.d_model if lm is not None else None)
-    return sae.to(lm.device) if lm is not None else sae
+    if lm is None:
+        return load_sae(path if path.exists() else reference)
+    return load_sae(path if path.exists() else reference, d_model=lm.d_model, device=lm.device)
 
 
 def _reference(sae: Sae) -> str | None:
