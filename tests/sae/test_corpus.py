@@ -150,13 +150,15 @@ def test_cache_token_activations_shares_the_skipped_prefix(make_tiny_lm, tmp_pat
 def test_run_config_trains_an_sae_stage(make_tiny_lm, mix: TokenMix, tmp_path: Path, monkeypatch) -> None:
     """`refusal-steer run` with an sae stage caches the mix and trains the SAE into RUN/sae/POINT, resumably."""
     from refusal_steer.runs.config import RunConfig, SaeStage
+    from refusal_steer.sae import TrainConfig
     from refusal_steer.runs.execute import execute_run
     from refusal_steer.sae import load_sae
 
     lm = make_tiny_lm("qwen2")
     real = mix_token_lists
     monkeypatch.setattr("refusal_steer.sae.corpus.mix_token_lists", lambda lm, n, **kw: real(lm, n, **{**kw, "mix": mix}))
-    config = RunConfig(sae=(SaeStage(point="resid_pre.1", tokens=2048, cache_tokens=800, width=64, k=4, batch_size=256),))
+    config = RunConfig(sae=(SaeStage(point="resid_pre.1", train=TrainConfig(tokens=2048, batch_size=256, progress=False), cache_tokens=800,
+                                     width=64, k=4),))
     execute_run(config, tmp_path / "run", progress=False, lm=lm)
     sae = load_sae(tmp_path / "run" / "sae" / "resid_pre.1", d_model=lm.d_model)
     assert sae.cfg.d_sae == 64 and sae.cfg.point == "resid_pre.1"

@@ -9,7 +9,7 @@ field (a typo) is an error naming it and the fields that exist::
       harmful: advbench
       n_train: 128
     sae:                             # SAEs trained on the model's own token mix (SaeStage)
-      - {point: resid_pre.14, arch: topk, width: 8192, k: 32, tokens: 1000000}
+      - {point: resid_pre.14, arch: topk, width: 8192, k: 32, train: {tokens: 1000000, checkpoint_every: 500}}
     evaluate:                        # a matrix of steers x datasets x metrics (EvaluateConfig)
       steers:
         baseline: none
@@ -39,6 +39,7 @@ from typing import Any, Union
 import yaml
 
 from ..errors import ConfigError, CorruptFileError
+from ..sae.training import TrainConfig
 from .direction import DirectionConfig
 
 METRICS = ("refusal", "kl", "mmlu", "arc", "gsm8k")
@@ -50,26 +51,20 @@ class SaeStage:
 
     point: str
     """Hook point, e.g. ``resid_pre.14``."""
-    tokens: int
-    """Token budget (activations seen in training)."""
+    train: TrainConfig
+    """How it trains (the library's :class:`~refusal_steer.sae.TrainConfig`: ``tokens`` is the budget; ``seed`` also draws the mix)."""
     cache_tokens: int | None = None
-    """Tokens of the mix to cache (default: ``tokens``)."""
+    """Tokens of the mix to cache (default: ``train.tokens``)."""
     arch: str = "topk"
     """Architecture: relu_l1, topk, batchtopk, jumprelu."""
     width: int = 8192
     """Number of latents."""
     k: int = 32
     """Active latents per token (topk, batchtopk)."""
-    lr: float | None = None
-    """Peak learning rate (default 2e-4 / sqrt(width / 16384))."""
-    batch_size: int = 4096
-    """Activations per optimizer step."""
     l1_coefficient: float = 5.0
     """relu_l1: L1 coefficient."""
     l0_coefficient: float = 1.0
     """jumprelu: L0 coefficient."""
-    checkpoint_every: int = 500
-    """Checkpoint every N steps (a rerun resumes from the last one)."""
     name: str | None = None
     """Folder under ``RUN/sae/`` (default: the point)."""
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..activations import cache_token_activations
 from ..models import LoadedModel
-from ..sae import TrainConfig, build_sae, registry, train_sae
+from ..sae import build_sae, registry, train_sae
 from ..sae import corpus
 from ..sae.shards import ActivationShards
 from ..sae.training import TrainResult
@@ -51,13 +52,12 @@ def build_for(arch: str, d_in: int, width: int, point: str | None, model: str | 
     return build_sae(registry.get(arch)[1](**fields))
 
 
-def train_sae_stage(lm: LoadedModel, stage: Any, out: Path, *, seed: int = 0, progress: bool = True) -> TrainResult:
+def train_sae_stage(lm: LoadedModel, stage: Any, out: Path, *, progress: bool = True) -> TrainResult:
     """Cache the mix and train the SAE a :class:`~refusal_steer.runs.config.SaeStage` describes into ``out``."""
     out = Path(out)
-    activations = cache_mix(lm, [stage.point], out / "activations", stage.cache_tokens or stage.tokens, seed, progress=progress)
+    cfg = replace(stage.train, progress=progress and stage.train.progress)
+    activations = cache_mix(lm, [stage.point], out / "activations", stage.cache_tokens or cfg.tokens, cfg.seed, progress=progress)
     shards = ActivationShards(activations, point=stage.point)
     sae = build_for(stage.arch, shards.d_in, stage.width, stage.point, lm.spec, k=stage.k, l1_coefficient=stage.l1_coefficient,
                     l0_coefficient=stage.l0_coefficient).to(lm.device)
-    cfg = TrainConfig(tokens=stage.tokens, batch_size=stage.batch_size, lr=stage.lr, checkpoint_every=stage.checkpoint_every, seed=seed,
-                      progress=progress)
-    return train_sae(sae, epochs(shards, stage.tokens), cfg, out)
+    return train_sae(sae, epochs(shards, cfg.tokens), cfg, out)
