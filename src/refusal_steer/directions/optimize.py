@@ -35,6 +35,7 @@ from ..hooks import HookCall, HookPoint, apply
 from ..interventions import all_layers_ablation, project_out, residual_writes
 from ..interventions.positions import position_mask
 from ..models import LoadedModel
+from ..models.memory import recompute_mlp
 from .scores import KlFilter, last_token_logprobs, refusal_log_odds
 from .screening import frozen_parameters
 
@@ -140,6 +141,35 @@ def _next_token_kl(lm: LoadedModel, contexts: list[list[int]], base: Tensor) -> 
     return (base.exp() * (base - logprobs)).sum(dim=-1).mean()
 
 
+def _loss_backward(param: torch.nn.Parameter, ce_fn, kl_fn, kl_weight: float) -> tuple[Tensor, Tensor]:
+    """``(ce + kl_weight * kl).backward()`` into ``param.grad`` (which must be None), one forward graph alive at a time.
+
+    One backward of the sum keeps both forward graphs (compliance batch and harmless batch) alive together. Here the
+    KL graph is built and back-propagated first and freed, then the cross-entropy graph: peak memory is the larger
+    graph, not the sum. The gradient keeps the bits of the single backward: there the autograd engine runs the
+    KL graph's nodes first (created last, they have the higher sequence numbers) and adds the contributions to
+    ``param`` in arrival order, all of the KL ones, then the cross-entropy ones; here the KL gradient ``K`` enters
+    the second backward as the first contribution (through ``(param * K).sum()``, built after the cross-entropy
+    graph so it runs first, and whose gradient is ``K`` exactly), so every addition happens in the same order on
+    the same values (tested against the single backward). The two forward passes are independent (the model
+    is frozen and the hooks keep no state between calls), so their order does not change their values.
+
+    Returns the (detached) cross-entropy and KL values.
+    """
+    if param.grad is not None:
+        raise ValueError("param.grad must be None (call optimizer.zero_grad() first)")
+    kl = kl_fn()
+    (kl_weight * kl).backward()
+    kl_grad = param.grad
+    param.grad = None
+    ce = ce_fn()
+    if kl_grad is None:
+        ce.backward()
+    else:
+        (ce + (param * kl_grad.detach()).sum()).backward()
+    return ce.detach(), kl.detach()
+
+
 def optimize_direction(
     lm: LoadedModel,
     init: Tensor,
@@ -207,12 +237,14 @@ def optimize_direction(
             picked = torch.randperm(len(harmful_ids), generator=generator)[: config.batch_size].tolist()
             rows = [harmful_ids[i] for i in picked]
             harmless_rows = torch.randperm(len(harmless_tokens), generator=generator)[: config.batch_size].tolist()
-            with apply(lm, [trainable]):
-                ce = _compliance_ce(lm, [harmful_tokens[i] for i in rows], [targets[i] for i in rows])
-                kl = _next_token_kl(lm, [harmless_tokens[i] for i in harmless_rows], base_harmless[harmless_rows])
-                loss = ce + config.kl_weight * kl
-                optimizer.zero_grad()
-                loss.backward()
+            optimizer.zero_grad()
+            with apply(lm, [trainable]), recompute_mlp(lm):
+                ce, kl = _loss_backward(
+                    param,
+                    lambda: _compliance_ce(lm, [harmful_tokens[i] for i in rows], [targets[i] for i in rows]),
+                    lambda: _next_token_kl(lm, [harmless_tokens[i] for i in harmless_rows], base_harmless[harmless_rows]),
+                    config.kl_weight,
+                )
             optimizer.step()
             history.append({"step": step, "ce": ce.item(), "kl": kl.item()})
             bar.set_postfix(ce=f"{ce.item():.3f}", kl=f"{kl.item():.3f}")

@@ -45,6 +45,7 @@ from ..errors import ConfigError, RefusalSteerError
 from ..hooks import HookPoint, Site
 from ..interventions import Add, all_layers_ablation
 from ..models import LoadedModel
+from ..models.memory import recompute_mlp
 from .cap import CapChoice, select_cap
 from .diff_in_means import MeanDiffs
 from .scores import KlFilter, last_token_logprobs, refusal_log_odds
@@ -255,8 +256,9 @@ def select_direction(
 
     if config.screen_top_k and config.screen_top_k < len(allowed):
         stacked = torch.stack([diffs.candidate(row.position, row.layer) for row in allowed])
-        effects = estimate_ablation_effects(lm, harmful_val, refusal_token_ids, stacked, batch_size=max(1, bs // 2), system=system,
-                                            progress=progress)
+        with recompute_mlp(lm):  # the backward pass recomputes the MLPs' activations instead of keeping them (same values)
+            effects = estimate_ablation_effects(lm, harmful_val, refusal_token_ids, stacked, batch_size=max(1, bs // 2), system=system,
+                                                progress=progress)
         for row, effect in zip(allowed, effects.tolist()):
             row.estimated_bypass = baseline_harmful + effect
         shortlist = sorted(allowed, key=lambda row: row.estimated_bypass)[: config.screen_top_k]
