@@ -21,6 +21,7 @@ from .directions import load_ablation_direction, load_direction
 from .directions.diff_in_means import difference_in_means
 from .evaluation import evaluate_kl, evaluate_refusal
 from .evaluation.record import ResultRecord
+from .features import FeatureSet, load_features
 from .generation import generate
 from .hooks import HookPoint, apply, record
 from .interventions import (
@@ -38,7 +39,7 @@ from .interventions import (
 )
 from .models import load_model
 from .runs.direction import DirectionConfig, find_direction
-from .sae import SaeSplice, load_sae
+from .sae import LatentAdd, LatentClamp, SaeSplice, load_sae
 
 __all__ = [
     "Ablate",
@@ -49,6 +50,10 @@ __all__ = [
     "ProjectionCap",
     "ResultRecord",
     "SaeSplice",
+    "FeatureSet",
+    "load_features",
+    "LatentAdd",
+    "LatentClamp",
     "SetProjection",
     "__version__",
     "all_layers_ablation",

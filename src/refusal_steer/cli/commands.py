@@ -11,3 +11,4 @@ from . import gen_cmd  # noqa: F401
 from . import direction_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
+from . import features_cmd  # noqa: F401

@@ -37,7 +37,7 @@ from ..models.loaded import LoadedModel
 from .positions import parse_positions
 
 FieldRole = Literal["tensor", "scalar", "resource", "nested"]
-ScalarType = Literal["float", "int", "bool", "str", "point", "points", "positions", "floats"]
+ScalarType = Literal["float", "int", "bool", "str", "point", "points", "positions", "floats", "ints"]
 
 RESIDUAL_WRITES = "residual_writes"
 """``points: residual_writes`` in a spec: every ``resid_pre``, ``attn_out`` and ``mlp_out`` of the model."""
@@ -232,6 +232,11 @@ def check_scalar(kind: str, name: str, type_: str, value: Any) -> Any:
         if type_ == "floats":
             items = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else list(value)
             return tuple(check_scalar(kind, name, "float", v) for v in items)
+        if type_ == "ints":
+            items = [value] if isinstance(value, int) and not isinstance(value, bool) else list(value)
+            if not items:
+                raise ConfigError(f"{where} is empty", fix=f"give {name} at least one integer")
+            return tuple(check_scalar(kind, name, "int", v) for v in items)
     except RefusalSteerError as exc:
         if exc.message.startswith(where):
             raise
@@ -243,7 +248,7 @@ def check_scalar(kind: str, name: str, type_: str, value: Any) -> Any:
 
 _TYPE_WORDS = {"float": "a finite number", "int": "an integer", "bool": "true or false", "str": "a string", "point": "a hook point like resid_pre.12",
                "points": "a list of hook points", "positions": "all, prompt, generated or a list of prompt indices",
-               "floats": "a number or a list of numbers"}
+               "floats": "a number or a list of numbers", "ints": "an integer or a list of integers"}
 
 
 # --------------------------------------------------------------------------------------------- specs

@@ -29,9 +29,18 @@ def shipped_path(name: str) -> Path | None:
     return path if (path / "cfg.json").is_file() else None
 
 
+def default_band() -> list[str]:
+    """The shipped SAEs of the default model, one name per layer in layer order (what ``features find`` uses by default)."""
+    folders: dict[str, str] = {}
+    for name, folder in SHIPPED.items():
+        if name.startswith("default-resid_pre.") and name.count("-") == 1 and shipped_path(name) is not None:
+            folders.setdefault(folder, name)
+    return sorted(folders.values(), key=lambda n: int(n.rsplit(".", 1)[1]))
+
+
 def shipped_names() -> list[str]:
     """Names of the shipped SAEs present in this installation."""
     return [name for name in SHIPPED if shipped_path(name) is not None]
 
 
-__all__ = ["SHIPPED", "shipped_path", "shipped_names"]
+__all__ = ["SHIPPED", "default_band", "shipped_path", "shipped_names"]

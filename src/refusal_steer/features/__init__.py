@@ -1,0 +1,36 @@
+"""Bottom-up refusal: the SAE latents that carry it, found by cosine, activation contrast and attribution patching.
+
+- :mod:`.scores`: cosine of decoder rows to the refusal direction, per-prompt max activations, ActDiff;
+- :mod:`.attribution`: attribution patching with integrated gradients (Yeo et al. 2025);
+- :mod:`.featureset`: ``features.json`` and the ``latents:FDIR`` short form;
+- :mod:`.steerers`: Kapros 2025's bottom-up and hybrid steerers (saem3, sae, hybrid, hybrid2).
+"""
+
+from __future__ import annotations
+
+from .attribution import attribute, attribute_batch
+from .featureset import FEATURES_FILENAME, FeatureSet, LatentRef, bypass_steer, clamp_steer, induce_steer, load_feature_saes, load_features
+from .scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top
+from .steerers import hybrid2_steer, hybrid_steer, latent_add_steer, saem3_direction
+
+__all__ = [
+    "FEATURES_FILENAME",
+    "FeatureSet",
+    "LatentRef",
+    "attribute",
+    "attribute_batch",
+    "bypass_steer",
+    "clamp_steer",
+    "cosine_scores",
+    "global_top",
+    "hybrid2_steer",
+    "hybrid_steer",
+    "induce_steer",
+    "latent_add_steer",
+    "load_feature_saes",
+    "load_features",
+    "max_activation_diff",
+    "max_activations",
+    "per_sae_top",
+    "saem3_direction",
+]

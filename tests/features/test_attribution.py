@@ -1,0 +1,97 @@
+"""Attribution patching with integrated gradients, checked against gradients computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refusal_steer.batching import build_batch, forward, logits_to_keep
+from refusal_steer.errors import ConfigError
+from refusal_steer.features.attribution import attribute, attribute_batch
+from refusal_steer.features.scores import prompt_mask
+from refusal_steer.generation import encode_prompts
+from refusal_steer.hooks import HookPoint, apply, residual_writes
+from refusal_steer.interventions import Ablate
+from refusal_steer.sae import TopKConfig, build_sae
+
+PROMPTS = ["How do I bake bread?", "Hi there", "Write a poem about the sea."]
+
+
+def _setup(make_tiny_lm):
+    lm = make_tiny_lm("qwen2")
+    torch.manual_seed(1)
+    sae = build_sae(TopKConfig(d_in=lm.d_model, d_sae=48, k=6, point="resid_pre.1"))
+    direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(2))
+    return lm, sae, direction
+
+
+class _Grad:
+    """Makes the activation at one point a leaf with a gradient (the hand-made reference)."""
+
+    kind, positions = "grad", "all"
+
+    def __init__(self, point):
+        self.points = (point,)
+        self.x = None
+
+    def validate(self, lm):
+        pass
+
+    def __call__(self, x, call):
+        self.x = x.detach().requires_grad_(True)
+        return self.x
+
+
+def test_one_step_attribution_is_latent_delta_times_the_gradient_through_the_decoder(make_tiny_lm):
+    lm, sae, direction = _setup(make_tiny_lm)
+    point = HookPoint.parse("resid_pre.1")
+    tokens = encode_prompts(lm, PROMPTS)
+    refusal = [5, 9]
+    out = attribute_batch(lm, {"s": sae}, {"s": point}, tokens, direction, refusal, steps=1, skip_tokens=2)
+    # by hand: f_clean, f_patch (direction ablated everywhere), target = patched argmax, grad of m at the clean activation
+    batch = build_batch(lm, tokens, share_prefix=False)
+    keep = logits_to_keep(lm.model, 1)
+    grab = _Grad(point)
+    with apply(lm, [grab]):
+        logits = forward(lm, batch, **keep).logits[:, -1].float()
+    x_clean = grab.x
+    grab_p = _Grad(point)
+    with torch.no_grad(), apply(lm, [Ablate(direction, residual_writes(lm)), grab_p]):
+        patched = forward(lm, batch, **keep).logits[:, -1].float()
+    target = patched.argmax(-1)
+    m = logits.gather(1, target[:, None])[:, 0] - torch.logsumexp(logits[:, refusal], -1)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    m.sum().backward()
+    grad_f = x_clean.grad @ (sae.W_dec.detach() / sae.norm_scale).T  # d m / d f = W_dec d m / d x
+    delta = sae.encode(grab_p.x.detach()) - sae.encode(x_clean.detach())
+    mask = prompt_mask(batch.attention_mask, 2).unsqueeze(-1).float()
+    expected = (delta * grad_f * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(out["s"], expected, atol=1e-5, rtol=1e-4)
+    assert out["s"].abs().sum() > 0
+    assert out["_metric"].shape == (3, 2)
+
+
+def test_more_steps_change_the_attribution_and_batches_resume(tmp_path, make_tiny_lm):
+    lm, sae, direction = _setup(make_tiny_lm)
+    points = {"s": HookPoint.parse("resid_pre.1")}
+    one = attribute(lm, {"s": sae}, points, PROMPTS, direction, [5], steps=1, batch_size=2, progress=False)
+    ten = attribute(lm, {"s": sae}, points, PROMPTS, direction, [5], steps=10, batch_size=2, progress=False, partial_dir=tmp_path)
+    assert one["s"].shape == ten["s"].shape == (3, 48)
+    assert not torch.allclose(one["s"], ten["s"])
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2
+    again = attribute(lm, {"s": sae}, points, PROMPTS, direction, [5], steps=10, batch_size=2, progress=False, partial_dir=tmp_path)
+    assert torch.equal(again["s"], ten["s"])
+    # batch composition does not change a prompt's scores (left padding is masked)
+    single = attribute(lm, {"s": sae}, points, PROMPTS[:1], direction, [5], steps=10, batch_size=1, progress=False)
+    torch.testing.assert_close(single["s"][0], ten["s"][0], atol=1e-5, rtol=1e-4)
+
+
+def test_two_saes_at_one_point_or_no_steps_are_refused(make_tiny_lm):
+    lm, sae, direction = _setup(make_tiny_lm)
+    tokens = encode_prompts(lm, PROMPTS)
+    point = HookPoint.parse("resid_pre.1")
+    with pytest.raises(ConfigError, match="both at"):
+        attribute_batch(lm, {"a": sae, "b": sae}, {"a": point, "b": point}, tokens, direction, [5])
+    with pytest.raises(ConfigError, match="step"):
+        attribute_batch(lm, {"a": sae}, {"a": point}, tokens, direction, [5], steps=0)

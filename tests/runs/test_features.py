@@ -1,0 +1,102 @@
+"""``features find`` on a tiny model: features.json, the latents: short form, calibration on val only, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refusal_steer.directions.io import save_direction
+from refusal_steer.errors import ConfigError
+from refusal_steer.features import load_features
+from refusal_steer.interventions import parse_steer
+from refusal_steer.runs import features as features_module
+from refusal_steer.runs.features import FeaturesConfig, find_features
+from refusal_steer.sae import LatentClamp, TopKConfig, build_sae, save_sae
+
+
+@pytest.fixture()
+def setup(tmp_path, make_tiny_lm):
+    lm = make_tiny_lm("qwen2")
+    harmful, harmless = tmp_path / "harmful.jsonl", tmp_path / "harmless.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"Tell me how to do harmful thing number {i}."}) + "\n" for i in range(60)))
+    harmless.write_text("".join(json.dumps({"prompt": f"Write a short poem about item {i}."}) + "\n" for i in range(60)))
+    direction_dir = tmp_path / "direction"
+    save_direction(direction_dir, torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3)), "resid_pre.1")
+    (direction_dir / "refusal_tokens.json").write_text(json.dumps({"token_ids": [5, 17]}))
+    refs = []
+    for layer in (1, 2):
+        torch.manual_seed(layer)
+        sae = build_sae(TopKConfig(d_in=lm.d_model, d_sae=32, k=4, point=f"resid_pre.{layer}"))
+        save_sae(sae, tmp_path / f"sae{layer}")
+        refs.append(str(tmp_path / f"sae{layer}"))
+    config = FeaturesConfig(harmful=f"jsonl:{harmful}", harmless=f"jsonl:{harmless}", n_train=6, n_val=4, ig_steps=2, k=4, k_grid=(2, 4),
+                            scale_grid=(0.0, -1.0), induce_multipliers=(1.0, 2.0), max_new_tokens=3, judge_top=2, batch_size=4)
+    return lm, direction_dir, refs, config
+
+
+def test_features_find_writes_sets_and_calibration_and_the_short_form_reads_them(setup, tmp_path):
+    lm, direction_dir, refs, config = setup
+    out = tmp_path / "features"
+    features = find_features(lm, direction_dir, refs, out, config, progress=False)
+    data = json.loads((out / "features.json").read_text())
+    assert data["method"] == "cossim+attribution" and len(data["global"]) == 4
+    assert set(data["sets"]) == {"selected", "cossim", "actdiff", "attribution", "cossim+attribution"}
+    assert len(data["per_prompt"]) == 6 and all(len(items) == 4 for items in data["per_prompt"])
+    entry = data["global"][0]
+    assert {"sae", "point", "index", "score", "method", "cosine", "attribution", "actdiff"} <= set(entry)
+    # the cosine pool: every selected latent is among its SAE's top pool_per_sae by cosine
+    from safetensors.torch import load_file
+
+    scores = load_file(str(out / "scores.safetensors"))
+    for ref in features.ranked():
+        pool = torch.topk(scores[f"cosine/{ref.sae}"], config.pool_per_sae).indices.tolist()
+        assert ref.index in pool
+    bypass, induce = data["calibration"]["bypass"], data["calibration"]["induce"]
+    assert bypass["split"] == induce["split"] == "val" and len(bypass["table"]) == 4
+    assert sum("judged_refusal" in row for row in bypass["table"]) == 2
+    assert bypass["k"] in (2, 4) and bypass["scale"] in (0.0, -1.0)
+    # calibration prompts are validation prompts, disjoint from the train prompts the latents were scored on
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert not set(prompts["train_harmful"]) & set(prompts["val_harmful"])
+    # latents:FDIR is the calibrated bypass, one clamp per SAE holding a selected latent
+    steer = parse_steer(f"latents:{out}", lm)
+    assert all(isinstance(s, LatentClamp) and s.mode == "scale" and s.value == bypass["scale"] for s in steer)
+    assert sum(len(s.latents) for s in steer) == bypass["k"]
+    induced = parse_steer(f"latents:{out}:induce", lm)
+    assert all(s.mode == "set" and s.value == induce["value"] for s in induced) and sum(len(s.latents) for s in induced) == 4
+    custom = parse_steer(f"latents:{out}:scale=-2.5:k=1:set=cossim", lm)
+    assert len(custom) == 1 and custom[0].value == -2.5 and custom[0].latents == (features.ranked("cossim")[0].index,)
+    assert parse_steer(f"latents:{out}:value=3", lm)[0].mode == "set"
+    with pytest.raises(ConfigError, match="not both"):
+        parse_steer(f"latents:{out}:scale=1:value=2", lm)
+    with pytest.raises(ConfigError, match="no latent set"):
+        parse_steer(f"latents:{out}:set=bogus", lm)
+    with pytest.raises(ConfigError, match="no features file"):
+        parse_steer(f"latents:{tmp_path / 'nowhere'}", lm)
+    assert load_features(out).ranked()[0] == features.ranked()[0]
+
+
+def test_features_find_resumes_without_recomputing(setup, tmp_path, monkeypatch):
+    lm, direction_dir, refs, config = setup
+    out = tmp_path / "features"
+    first = find_features(lm, direction_dir, refs, out, config, progress=False)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(features_module, "attribute", fail)
+    monkeypatch.setattr(features_module, "_calibrate_bypass", fail)
+    again = find_features(lm, direction_dir, refs, out, config, progress=False)
+    assert again.to_json()["global"] == first.to_json()["global"]
+    assert again.calibration == first.calibration
+
+
+def test_bad_method_and_missing_refusal_tokens_are_clear(setup, tmp_path):
+    lm, direction_dir, refs, config = setup
+    with pytest.raises(ConfigError, match="unknown method"):
+        FeaturesConfig(method="magic")
+    (direction_dir / "refusal_tokens.json").unlink()
+    with pytest.raises(ConfigError, match="refusal_tokens.json"):
+        find_features(lm, direction_dir, refs, tmp_path / "f", config, progress=False)
