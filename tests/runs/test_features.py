@@ -100,3 +100,33 @@ def test_bad_method_and_missing_refusal_tokens_are_clear(setup, tmp_path):
     (direction_dir / "refusal_tokens.json").unlink()
     with pytest.raises(ConfigError, match="refusal_tokens.json"):
         find_features(lm, direction_dir, refs, tmp_path / "f", config, progress=False)
+
+
+def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path, monkeypatch):
+    from refusal_steer.runs import compare as compare_module
+    from refusal_steer.runs.compare import CompareConfig, compare_steerers
+
+    lm, direction_dir, refs, config = setup
+    fdir = tmp_path / "features"
+    find_features(lm, direction_dir, refs, fdir, config, progress=False)
+    from refusal_steer.directions.io import save_direction
+
+    save_direction(direction_dir / "actadd.safetensors", torch.randn(lm.d_model), "resid_pre.1", actadd_coef=2.0)
+    cconfig = CompareConfig(harmful=config.harmful, harmless=config.harmless, limit=5, max_new_tokens=3, latent_coefs=(-1.0, -2.0))
+    result = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
+    names = {(c["steerer"], c["class"]) for c in result["cells"]}
+    for name in ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-cossim", "latents-actdiff", "latents-attribution"):
+        assert (name, "harmful") in names and (name, "harmless") in names, name
+    assert ("latents-induce", "harmless") in names and ("actadd", "harmless") in names
+    for cell in result["cells"]:
+        assert cell["refusal"]["n"] == 5 and cell["refusal"]["split"] == "test" and cell["refusal"]["judge"].startswith("substring")
+        if cell["class"] == "harmless" and cell["steerer"] != "baseline":
+            assert cell["kl"]["metric"] == "kl"
+    fingerprints = {c["steerer"]: c["refusal"]["steer"] for c in result["cells"] if c["class"] == "harmful"}
+    assert len(set(fingerprints.values())) == len(fingerprints)  # every steerer is a different steer
+    assert "kapros_ranking_holds" in result["verdict"]
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0 and "Kapros" in (tmp_path / "cmp" / "compare.md").read_text()
+
+    monkeypatch.setattr(compare_module, "evaluate_refusal", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
+    again = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
+    assert again["cells"] == result["cells"]

@@ -12,3 +12,4 @@ from . import direction_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
+from . import compare_cmd  # noqa: F401
