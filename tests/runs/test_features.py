@@ -32,7 +32,7 @@ def setup(tmp_path, make_tiny_lm):
         save_sae(sae, tmp_path / f"sae{layer}")
         refs.append(str(tmp_path / f"sae{layer}"))
     config = FeaturesConfig(harmful=f"jsonl:{harmful}", harmless=f"jsonl:{harmless}", n_train=6, n_val=4, ig_steps=2, k=4, k_grid=(2, 4),
-                            scale_grid=(0.0, -1.0), induce_multipliers=(1.0, 2.0), max_new_tokens=3, judge_top=2, batch_size=4)
+                            scale_grid=(0.0, -1.0), induce_multipliers=(1.0, 2.0), max_new_tokens=3, judge_top=2, batch_size=4, card_tokens=400)
     return lm, direction_dir, refs, config
 
 
@@ -76,6 +76,15 @@ def test_features_find_writes_sets_and_calibration_and_the_short_form_reads_them
     with pytest.raises(ConfigError, match="no features file"):
         parse_steer(f"latents:{tmp_path / 'nowhere'}", lm)
     assert load_features(out).ranked()[0] == features.ranked()[0]
+    # feature cards: one per selected latent, with held-out contexts, logit lens and the clamp-alone effect
+    cards = json.loads((out / "cards.json").read_text())["cards"]
+    assert [(c["sae"], c["index"]) for c in cards] == [(r.sae, r.index) for r in features.ranked()]
+    for card in cards:
+        assert len(card["logit_top"]) == len(card["logit_bottom"]) == 10 and card["n_tokens"] > 0
+        assert 0.0 <= card["firing_frequency"] <= 1.0 and set(card["clamp_alone"]) >= {"baseline_log_odds", "log_odds"}
+        assert all("token" in ctx and ctx["activation"] > 0 for ctx in card["contexts"])
+    assert any(card["contexts"] for card in cards)
+    assert "<h3>" in (out / "cards.html").read_text()
 
 
 def test_features_find_resumes_without_recomputing(setup, tmp_path, monkeypatch):

@@ -104,3 +104,10 @@ def show(
         console.print(f"bypass (chosen on {bypass.get('split')} by {bypass.get('judge')}): K*={bypass.get('k')}, c={bypass.get('scale')}")
     if induce:
         console.print(f"induce (chosen on {induce.get('split')} by {induce.get('judge')}): value={induce.get('value')}")
+    cards = Path(features_dir) / "cards.md"
+    if cards.is_file():
+        from rich.markdown import Markdown
+
+        console.print(Markdown(cards.read_text()))
+    else:
+        console.print(f"no feature cards in {features_dir} (features find writes cards.md unless card_tokens is 0)")

@@ -34,12 +34,14 @@ from ..directions.scores import kl_divergence, last_token_logprobs, refusal_log_
 from ..errors import ConfigError
 from ..evaluation.refusal import evaluate_refusal
 from ..features.attribution import attribute, check_points
+from ..features.cards import cards_markdown, feature_cards
 from ..features.featureset import FeatureSet, LatentRef, clamp_steer
 from ..features.scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top
 from ..hooks import HookPoint
 from ..models.loaded import LoadedModel
 from ..sae.base import Sae
-from ..sae.corpus import template_prefix_length
+from ..report.render import markdown_to_html
+from ..sae.corpus import mix_token_lists, template_prefix_length
 from ..sae.io import load_sae
 from .rundir import RunDir, stable_hash, write_json
 
@@ -75,6 +77,9 @@ class FeaturesConfig:
     max_loop_rate: float = 0.05
     max_new_tokens: int = 32
     generation_batch_size: int = 32
+    card_tokens: int = 20_000
+    """Held-out (test split) chat-mix tokens the feature cards' top contexts and firing frequencies come from; 0: no cards."""
+    n_contexts: int = 5
     system: str | None = None
 
     def __post_init__(self) -> None:
@@ -266,7 +271,26 @@ def find_features(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str
         write_json(out.file("calibration.json"), features.calibration)
         out.mark_done("calibrate", calib_inputs, time.time() - t0)
     features.save(out.path)
+    if config.card_tokens > 0:
+        _cards(lm, saes, features, val_harmful, refusal_ids, config, out, calib_inputs)
     return features
+
+
+def _cards(lm: LoadedModel, saes: dict[str, Sae], features: FeatureSet, val_harmful: list[str], refusal_ids: list[int], config: FeaturesConfig,
+           out: RunDir, inputs: dict[str, Any]) -> None:
+    """The ``cards`` stage: ``cards.json``, ``cards.md`` and ``cards.html`` for the selected set."""
+    inputs = {**inputs, "calibration": features.calibration.get("bypass", {}).get("scale"), "card_tokens": config.card_tokens}
+    if out.is_done("cards", inputs, ["cards.json", "cards.md", "cards.html"]):
+        return
+    t0 = time.time()
+    sequences, _ = mix_token_lists(lm, config.card_tokens, split="test", seed=config.seed)
+    cards = feature_cards(lm, saes, features, sequences, val_harmful=val_harmful, refusal_ids=refusal_ids, limit=config.k,
+                          n_contexts=config.n_contexts, batch_size=config.batch_size, system=config.system)
+    write_json(out.file("cards.json"), {"source": "sae mix, test split", "n_sequences": len(sequences), "cards": [c.to_json() for c in cards]})
+    text = cards_markdown(cards, title=f"Refusal latents ({features.method}): feature cards")
+    out.file("cards.md").write_text(text)
+    out.file("cards.html").write_text(markdown_to_html(text, title="refusal-steer feature cards"))
+    out.mark_done("cards", inputs, time.time() - t0)
 
 
 __all__ = ["FeaturesConfig", "METHODS", "find_features", "load_saes"]
