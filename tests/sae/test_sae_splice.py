@@ -103,3 +103,17 @@ def test_spliced_metrics_row_by_row_equals_whole_batch(lm, skip_tokens) -> None:
     ref = _spliced_metrics_whole_batch(lm, sae, batch, point, skip_tokens)
     assert (m.ce_clean, m.ce_spliced, m.ce_spliced_with_error, m.ce_zero_ablation, m.kl_spliced, m.kl_spliced_with_error) == (
         ref["clean"], ref["spliced"], ref["err"], ref["zero"], ref["kl"], ref["kl_err"])
+
+
+def test_spliced_metrics_without_the_error_pass_give_the_same_other_numbers(lm) -> None:
+    """with_error=False skips the check pass (sae eval's bounded default) and changes no other number."""
+    from refusal_steer.generation import position_ids
+
+    sae = _sae(lm)
+    batch = dict(_inputs(lm))
+    batch["position_ids"] = position_ids(batch["attention_mask"])
+    full = spliced_metrics(lm, sae, [batch], "resid_pre.1", skip_tokens=1)
+    short = spliced_metrics(lm, sae, [batch], "resid_pre.1", skip_tokens=1, with_error=False)
+    assert short.ce_spliced_with_error is None and short.kl_spliced_with_error is None
+    assert (short.ce_clean, short.ce_spliced, short.ce_zero_ablation, short.ce_recovered, short.kl_spliced) == (
+        full.ce_clean, full.ce_spliced, full.ce_zero_ablation, full.ce_recovered, full.kl_spliced)

@@ -98,7 +98,9 @@ def evaluate(
     max_tokens: int = typer.Option(None, help="Evaluate on at most this many tokens (with --model: default 20000)."),
     dense_threshold: float = typer.Option(0.1, help="Firing frequency above which a latent counts as dense."),
     device: str = typer.Option("cpu", help="torch device (with --model)."),
-    spliced: bool = typer.Option(True, "--spliced/--no-spliced", help="With --model: also splice the SAE in (CE recovered, KL; 4 full forwards per batch)."),
+    spliced: bool = typer.Option(True, "--spliced/--no-spliced", help="With --model: also splice the SAE in (CE recovered, KL) on the first --spliced-tokens tokens."),
+    spliced_tokens: int = typer.Option(2500, help="With --model: tokens the spliced CE/KL pass scores (3 full forwards per batch of 2, full-vocabulary logits)."),
+    with_error: bool = typer.Option(False, "--with-error/--no-with-error", help="With --model: also splice with the error term added back (a check: its KL is ~0; one more forward)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide progress bars."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
@@ -113,7 +115,7 @@ def evaluate(
         lm = load_model(model, device=device)
         sae = load_sae(sae_path, d_model=lm.d_model).to(lm.device)
         metrics = evaluate_on_model(lm, sae, point=point, n_tokens=max_tokens or 20_000, dense_threshold=dense_threshold,
-                                    spliced=spliced, progress=not no_progress)
+                                    spliced=spliced, spliced_tokens=spliced_tokens, with_error=with_error, progress=not no_progress)
     elif activations is not None:
         from ..sae.shards import ActivationShards
 

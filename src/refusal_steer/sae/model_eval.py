@@ -54,12 +54,18 @@ def evaluate_on_model(
     seed: int = 0,
     dense_threshold: float = 0.1,
     spliced: bool = True,
+    spliced_tokens: int = 2_500,
+    spliced_batch_size: int = 2,
+    with_error: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Reconstruction and (``spliced=True``) spliced metrics of ``sae`` on about ``n_tokens`` held-out mix tokens.
+    """Reconstruction metrics of ``sae`` on about ``n_tokens`` held-out mix tokens, and (``spliced=True``) the
+    spliced metrics on the first ``spliced_tokens`` of them.
 
-    The spliced metrics cost four full forward passes per batch; the reconstruction metrics one
-    forward pass that stops at the SAE's layer.
+    The reconstruction metrics cost one forward pass that stops at the SAE's layer; the spliced ones two
+    (three ``with_error``) full passes with full-vocabulary logits, besides the clean one, so they are
+    bounded separately: 2,500 tokens in batches of 2 keep the default model's evaluation under 5 minutes
+    and 4 GB on a 2-core CPU (BENCHMARKS.md).
 
     Example:
         >>> evaluate_on_model(load_model("default"), load_sae("sae/"), n_tokens=20_000)["fvu"]  # doctest: +SKIP
@@ -77,8 +83,14 @@ def evaluate_on_model(
     reconstruction = evaluate_sae(sae, _recorded(lm, batches, hp, skip, progress), dense_threshold=dense_threshold)
     out = {"point": str(hp), "split": split, "n_sequences": len(sequences), "skip_tokens": skip, **reconstruction.to_dict()}
     if spliced:
-        batches_bar = tqdm(batches, desc="spliced CE/KL", unit="batch", disable=not progress, leave=False)
-        result = spliced_metrics(lm, sae, batches_bar, hp, skip_tokens=skip)
+        subset, total = [], 0
+        for seq in sequences:
+            if total >= spliced_tokens:
+                break
+            subset.append(seq)
+            total += len(seq) - skip
+        batches_bar = tqdm(_batches(lm, subset, spliced_batch_size), desc="spliced CE/KL", unit="batch", disable=not progress, leave=False)
+        result = spliced_metrics(lm, sae, batches_bar, hp, skip_tokens=skip, with_error=with_error)
         out.update({k: v for k, v in result.to_dict().items() if k != "n_tokens"}, n_tokens_spliced=result.n_tokens)
     return out
 
