@@ -139,3 +139,21 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     monkeypatch.setattr(compare_module, "evaluate_refusal", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
     again = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
     assert again["cells"] == result["cells"]
+
+
+def test_upstream_downstream_on_categories(setup, tmp_path):
+    from refusal_steer.runs.features import UpstreamConfig, upstream_downstream
+
+    lm, direction_dir, refs, _ = setup
+    data = tmp_path / "cats.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Explain how to do {kind} thing {i}.", "semantic_category": kind}) + "\n"
+                            for kind in ("cyber", "chemical", "fraud") for i in range(24)))
+    config = UpstreamConfig(dataset=f"jsonl:{data}", min_prompts=3, k=6, ig_steps=1, batch_size=4)
+    summary = upstream_downstream(lm, direction_dir, refs, tmp_path / "up", config, progress=False)
+    assert set(summary["categories"]) == {"cyber", "chemical", "fraud"}
+    saved = json.loads((tmp_path / "up" / "upstream.json").read_text())
+    assert saved["relative_drop"]["n"] == summary["n_prompts"] > 0
+    for cat in saved["categories"].values():
+        assert not set(map(tuple, cat["specific"])) & set(map(tuple, saved["common"]))
+    with pytest.raises(ConfigError, match="semantic categories"):
+        upstream_downstream(lm, direction_dir, refs, tmp_path / "up2", UpstreamConfig(dataset=f"jsonl:{data}", min_prompts=1000), progress=False)

@@ -36,6 +36,7 @@ from ..evaluation.refusal import evaluate_refusal
 from ..features.attribution import attribute, check_points
 from ..features.cards import cards_markdown, feature_cards
 from ..features.featureset import FeatureSet, LatentRef, clamp_steer
+from ..features.upstream import bootstrap_mean_ci, downstream_drop, split_common_specific
 from ..features.scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top
 from ..hooks import HookPoint
 from ..models.loaded import LoadedModel
@@ -294,3 +295,77 @@ def _cards(lm: LoadedModel, saes: dict[str, Sae], features: FeatureSet, val_harm
 
 
 __all__ = ["FeaturesConfig", "METHODS", "find_features", "load_saes"]
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """Yeo et al. §4 on HarmBench's semantic categories (train split, so test prompts stay unseen)."""
+
+    dataset: str = "harmbench-val+harmbench-test"
+    split: str = "train"
+    min_prompts: int = 8
+    """Categories with fewer prompts are left out (their global set would be noise)."""
+    k: int = 20
+    pool_per_sae: int = 10
+    ig_steps: int = 10
+    attribution_batch_size: int = 4
+    batch_size: int = 8
+    seed: int = 0
+    system: str | None = None
+
+
+def upstream_downstream(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str], out_dir: str | Path,
+                        config: UpstreamConfig = UpstreamConfig(), *, progress: bool = True) -> dict[str, Any]:
+    """Refusal (shared) vs harm (category-specific) latents, and the downstream drop of the first when the second are clamped.
+
+    Writes ``out_dir/upstream.json``: the categories with n, the common set, each category's specific set, and
+    the relative drop of the common latents' activation (mean with a bootstrap 95% CI, pooled and per category),
+    beside a control that clamps as many random latents of the same SAEs.
+    """
+    direction_dir = Path(direction_dir)
+    saved = load_ablation_direction(direction_dir)
+    refusal_ids = _refusal_ids(direction_dir)
+    saes = load_saes(sae_refs, lm)
+    points = _sae_names(saes)
+    skip = template_prefix_length(lm)
+    out = RunDir(Path(out_dir))
+    records = list(load_dataset(config.dataset, split=config.split, seed=config.seed))
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_cat.setdefault(str(r.meta.get("semantic_category", "")), []).append(i)
+    cats = {c: rows for c, rows in by_cat.items() if c and len(rows) >= config.min_prompts}
+    if len(cats) < 2:
+        raise ConfigError(f"{config.dataset} ({config.split}) has fewer than two semantic categories with >= {config.min_prompts} prompts",
+                          fix="use a dataset whose records carry meta['semantic_category'] (HarmBench) or lower min_prompts")
+    prompts = [r.prompt for r in records]
+    partial = out.file("attribution-partial") / stable_hash([prompts, config.ig_steps, sorted(points), str(saved.direction.sum().item())])
+    attr = attribute(lm, saes, points, prompts, saved.direction, refusal_ids, steps=config.ig_steps, batch_size=config.attribution_batch_size,
+                     skip_tokens=skip, system=config.system, progress=progress, partial_dir=partial)
+    pool = per_sae_top(cosine_scores(saes, saved.direction), config.pool_per_sae)
+    sets = {c: [LatentRef(s, i, v) for s, i, v in global_top({n: attr[n][rows].mean(0) for n in saes}, config.k, pool=pool)]
+            for c, rows in cats.items()}
+    common, specific = split_common_specific(sets)
+    generator = torch.Generator().manual_seed(config.seed)
+    per_cat: dict[str, Any] = {}
+    pooled, control = [], []
+    for c, rows in cats.items():
+        cat_prompts = [prompts[i] for i in rows]
+        result = downstream_drop(lm, saes, points, cat_prompts, specific[c], common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
+        random_latents = [(s, int(torch.randint(0, saes[s].cfg.d_sae, (1,), generator=generator))) for s, _ in specific[c]]
+        ctrl = downstream_drop(lm, saes, points, cat_prompts, random_latents, common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
+        mean, lo, hi = bootstrap_mean_ci(result["relative_drop"], seed=config.seed)
+        per_cat[c] = {"n": len(rows), "specific": specific[c], "measured": result["measured"], "relative_drop": mean, "ci95": [lo, hi],
+                      "control_relative_drop": bootstrap_mean_ci(ctrl["relative_drop"], seed=config.seed)[0]}
+        pooled.append(result["relative_drop"])
+        control.append(ctrl["relative_drop"])
+    mean, lo, hi = bootstrap_mean_ci(torch.cat(pooled), seed=config.seed)
+    cmean, clo, chi = bootstrap_mean_ci(torch.cat(control), seed=config.seed)
+    summary = {"config": asdict(config), "n_prompts": sum(len(r) for r in cats.values()), "categories": per_cat, "common": common,
+               "relative_drop": {"mean": mean, "ci95": [lo, hi], "n": int(torch.cat(pooled).numel()), "method": "percentile bootstrap over prompts"},
+               "control_random_latents": {"mean": cmean, "ci95": [clo, chi]},
+               "note": "relative drop = 1 - (summed activation of the common latents with the category's specific latents set to 0) / (clean)"}
+    write_json(out.file("upstream.json"), summary)
+    return summary
+
+
+__all__ += ["UpstreamConfig", "upstream_downstream"]
