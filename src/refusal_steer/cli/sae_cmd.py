@@ -52,7 +52,8 @@ def train(
     dead_tokens: int = typer.Option(1_000_000, help="Tokens without firing after which a latent counts as dead."),
     checkpoint_every: int = typer.Option(500, help="Checkpoint every N steps (0: never); a rerun resumes from the last one."),
     seed: int = typer.Option(0, help="Seed for initialisation, the token mix and shuffling."),
-    device: str = typer.Option("cpu", help="torch device."),
+    device: str = typer.Option("cpu", help="torch device (under torchrun, cuda becomes cuda:LOCAL_RANK)."),
+    cache_only: bool = typer.Option(False, "--cache-only", help="With --model: cache the activations to OUT/activations and stop (then train with torchrun on --activations)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
@@ -60,27 +61,46 @@ def train(
 
     With --model, the mix's train split is cached once to OUT/activations (resumable, the forward pass
     stops after the hooked layer), then training runs over it; a rerun resumes either stage.
+    Under torchrun (--nproc-per-node N) training is data-parallel over N processes (gloo on CPU, NCCL
+    on CUDA) and trains the SAE one process would; it needs --activations (cache first with one process).
     """
     from ..errors import ConfigError
     from ..runs.sae_stage import build_for, cache_mix, epochs
     from ..sae import TrainConfig, train_sae
+    from ..sae.distributed import data_parallel_from_env, launched_world_size
     from ..sae.shards import ActivationShards
 
     if activations is None:
         if model is None or point is None:
             raise ConfigError("sae train needs --activations DIR, or --model MODEL with --point", fix="e.g. --model default --point resid_pre.14")
+        if launched_world_size() > 1:
+            raise ConfigError(
+                "sae train under torchrun trains on cached activations only (caching from --model runs in one process)",
+                fix=f"cache first with one process: refusal-steer sae train --model {model} --point {point} --tokens {tokens} "
+                f"{f'--cache-tokens {cache_tokens} ' if cache_tokens else ''}--out {out} --cache-only; "
+                f"then train with torchrun ... sae train --activations {out / 'activations'}",
+            )
         from ..models import load_model
 
         points = [point] + [p for p in (cache_points or "").split(",") if p.strip() and p.strip() != point]
         activations = cache_mix(load_model(model, device=device), points, out / "activations", cache_tokens or tokens, seed,
                                 progress=not no_progress)
-    shards = ActivationShards(activations, point=point)
-    sae = build_for(arch, shards.d_in, width, point, model, k=k, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
-                    init_l0=init_l0).to(device)
-    tcfg = TrainConfig(
-        tokens=tokens, batch_size=batch_size, lr=lr, dead_tokens=dead_tokens, checkpoint_every=checkpoint_every, seed=seed, progress=not no_progress
-    )
-    res = train_sae(sae, epochs(shards, tokens), tcfg, out)
+        if cache_only:
+            console.print(f"cached activations -> {activations}")
+            return
+    elif cache_only:
+        raise ConfigError("--cache-only caches from --model, but --activations was given", fix="drop --cache-only, or --activations")
+    with data_parallel_from_env(device) as (parallel, device):
+        shards = ActivationShards(activations, point=point)
+        sae = build_for(arch, shards.d_in, width, point, model, k=k, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
+                        init_l0=init_l0).to(device)
+        tcfg = TrainConfig(
+            tokens=tokens, batch_size=batch_size, lr=lr, dead_tokens=dead_tokens, checkpoint_every=checkpoint_every, seed=seed,
+            progress=not no_progress,
+        )
+        res = train_sae(sae, epochs(shards, tokens), tcfg, out, parallel=parallel)
+    if parallel is not None and not parallel.is_main:
+        return
     summary = {"out": str(out), "arch": arch, "steps": res.steps, "tokens": res.tokens, "seconds": res.seconds, "resumed_from": res.resumed_from,
                "final": res.history[-1] if res.history else None}
     if as_json:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ShapeMismatchError
 from .config import SaeConfig
+
+if TYPE_CHECKING:
+    from .distributed import BatchShard
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,11 @@ class SaeOutput:
 
 @dataclass(frozen=True)
 class SaeStepOutput:
-    """What one training step returns. All but ``loss`` are detached 0-d tensors (no host sync)."""
+    """What one training step returns. All but ``loss`` are detached 0-d tensors (no host sync).
+
+    Given a :class:`~refusal_steer.sae.distributed.BatchShard`, every value is the whole global batch's
+    and ``loss``'s gradient is this shard's share of the global loss's gradient.
+    """
 
     loss: Tensor
     """Differentiable total loss (reconstruction + sparsity/auxiliary terms)."""
@@ -167,13 +174,16 @@ class Sae(nn.Module, abc.ABC):
 
     # ----------------------------------------------------------------- training
     @abc.abstractmethod
-    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
+    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0, shard: BatchShard | None = None) -> SaeStepOutput:
         """Loss and statistics of one batch of raw activations ``(n, d_in)``.
 
         Args:
             x: raw activations.
             dead: (d_sae,) bool mask of latents the trainer considers dead (for AuxK).
             progress: fraction of training done, in [0, 1] (for coefficient warm-ups).
+            shard: when ``x`` is this process's rows of a global batch (data-parallel training): batch-level
+                statistics are then combined over every shard, so that the all-reduced sum of the shards'
+                gradients is the gradient of the one-process loss on the global batch.
         """
 
     @torch.no_grad()
@@ -191,14 +201,19 @@ class Sae(nn.Module, abc.ABC):
 
 
 # --------------------------------------------------------------------- shared helpers
-def reconstruction_stats(xn: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def reconstruction_stats(xn: Tensor, x_hat: Tensor, shard: BatchShard | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(sum_sq_loss, mse, fvu)`` of a batch in normalised units.
 
     ``sum_sq_loss`` is the squared error summed over dimensions, averaged over tokens (the
-    reconstruction term used by every kind's loss).
+    reconstruction term used by every kind's loss). With a ``shard``, all three are the global batch's
+    (FVU divides by the global batch's total variance), with this shard's share of the gradient.
     """
     err = (x_hat - xn).float()
     sq = err.pow(2).sum(-1)
+    if shard is not None:
+        sq_total = shard.total(sq.sum())
+        rec = sq_total / shard.n_total
+        return rec, rec / xn.shape[-1], sq_total / shard.total_variance(xn.float())
     total_var = (xn.float() - xn.float().mean(0)).pow(2).sum().clamp_min(1e-12)
     return sq.mean(), sq.mean() / xn.shape[-1], sq.sum() / total_var
 

@@ -9,12 +9,18 @@ first, very different batches (147 steps at momentum 0.99 left L0 at 18.7 instea
 default model), so here the threshold is the plain mean of the batch minima over the last
 ``threshold_window`` of training, when the weights barely move, and an EMA before that.
 Sparse kernels, unit-norm decoder and AuxK are those of :mod:`.topk`.
+
+In data-parallel training the selection stays the global batch's: the ``k * n`` largest values of
+the whole batch are among the union of each shard's own ``k * n`` largest, so the shards gather
+those candidates, find the global cut-off and each keeps its entries at or above it. The only
+difference from one process is at exact ties with the cut-off value, which are all kept
+(one process keeps an arbitrary subset of them); float activations practically never tie there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -23,6 +29,9 @@ from ._sparse import ActiveSet, fast_sort
 from .config import _require
 from .registry import register
 from .topk import TopKConfig, TopKSae
+
+if TYPE_CHECKING:
+    from .distributed import BatchShard
 
 
 @dataclass
@@ -64,18 +73,33 @@ class BatchTopKSae(TopKSae):
     def forward(self, x: Tensor):  # type: ignore[override]
         return super(TopKSae, self).forward(x)
 
-    def _select(self, pre: Tensor, progress: float = 1.0) -> ActiveSet:
+    def _select(self, pre: Tensor, progress: float = 1.0, shard: BatchShard | None = None) -> ActiveSet:
         n, d_sae = pre.shape
         flat = pre.reshape(-1)
-        vals, idx = flat.topk(min(self.cfg.k * n, flat.numel()), sorted=False)
-        keep = vals > 0
-        vals, idx = vals[keep], idx[keep]
-        if vals.numel():
-            self._update_threshold(vals.min().float(), progress)
-        idx = fast_sort(idx)
+        if shard is not None:
+            idx = self._select_global(flat, progress, shard)
+        else:
+            vals, idx = flat.topk(min(self.cfg.k * n, flat.numel()), sorted=False)
+            keep = vals > 0
+            vals, idx = vals[keep], idx[keep]
+            if vals.numel():
+                self._update_threshold(vals.min().float(), progress)
+            idx = fast_sort(idx)
         rows, cols = idx // d_sae, idx % d_sae
         counts = torch.bincount(rows, minlength=n)
         return ActiveSet(rows=rows, cols=cols, offsets=counts.cumsum(0) - counts, n=n, d_sae=d_sae)
+
+    def _select_global(self, flat: Tensor, progress: float, shard: BatchShard) -> Tensor:
+        """Sorted flat indices of this shard's entries among the ``k * n_total`` largest positive ones of the global batch."""
+        budget = self.cfg.k * shard.n_total
+        candidates = shard.gather(flat.topk(min(budget, flat.numel()), sorted=False).values)
+        top = candidates.topk(min(budget, candidates.numel()), sorted=False).values
+        top = top[top > 0]
+        if not top.numel():
+            return flat.new_zeros(0, dtype=torch.long)
+        cut = top.min()  # the same value on every shard, and the one a single process would find
+        self._update_threshold(cut.float(), progress)
+        return (flat >= cut).nonzero().squeeze(1)
 
     @torch.no_grad()
     def _update_threshold(self, batch_min: Tensor, progress: float) -> None:

@@ -10,14 +10,18 @@ kernel of width ``bandwidth`` (§3, eqs. 11-12).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .base import Sae, SaeStepOutput, reconstruction_stats
 from .config import SaeConfig, _require
+from .distributed import fired_anywhere, mean_rows
 from .registry import register
+
+if TYPE_CHECKING:
+    from .distributed import BatchShard
 
 
 @dataclass
@@ -112,17 +116,18 @@ class JumpReluSae(Sae):
         # Compare in float32: a bf16 pre-activation against a float32 threshold (Gemma Scope keeps it float32).
         return pre * (pre.float() > self.threshold).to(pre.dtype)
 
-    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
+    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0, shard: BatchShard | None = None) -> SaeStepOutput:
         xn = self.normalize_input(x)
         pre = self.pre_acts_normalized(xn).float()
         f = _JumpReLU.apply(torch.relu(pre), self.threshold, self.cfg.bandwidth)
         x_hat = self.decode_normalized(f.to(self.W_dec.dtype))
-        rec, mse, fvu = reconstruction_stats(xn, x_hat)
-        l0_soft = _Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
+        rec, mse, fvu = reconstruction_stats(xn, x_hat, shard)
+        l0_soft = mean_rows(_Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1), shard)
         loss = rec + self.cfg.l0_coefficient * l0_soft
         active = f > 0
         return SaeStepOutput(
-            loss=loss, mse=mse.detach(), fvu=fvu.detach(), l0=l0_soft.detach(), aux_loss=l0_soft.detach(), fired=active.any(0)
+            loss=loss, mse=mse.detach(), fvu=fvu.detach(), l0=l0_soft.detach(), aux_loss=l0_soft.detach(),
+            fired=fired_anywhere(active.any(0), shard),
         )
 
     @torch.no_grad()

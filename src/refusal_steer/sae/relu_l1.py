@@ -9,14 +9,18 @@ ramps up linearly over the first 5% of training.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from .base import Sae, SaeStepOutput, reconstruction_stats
 from .config import SaeConfig, _require
+from .distributed import fired_anywhere, mean_rows
 from .registry import register
+
+if TYPE_CHECKING:
+    from .distributed import BatchShard
 
 
 @dataclass
@@ -49,12 +53,12 @@ class ReluL1Sae(Sae):
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
 
-    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
+    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0, shard: BatchShard | None = None) -> SaeStepOutput:
         xn = self.normalize_input(x)
         z = torch.relu(self.pre_acts_normalized(xn))
         x_hat = self.decode_normalized(z)
-        rec, mse, fvu = reconstruction_stats(xn, x_hat)
-        penalty = (z * self.W_dec.norm(dim=1)).sum(-1).mean()
+        rec, mse, fvu = reconstruction_stats(xn, x_hat, shard)
+        penalty = mean_rows((z * self.W_dec.norm(dim=1)).sum(-1), shard)
         warm = 1.0 if self.cfg.l1_warmup == 0 else min(1.0, progress / self.cfg.l1_warmup)
         loss = rec + self.cfg.l1_coefficient * warm * penalty
         active = z > 0
@@ -62,9 +66,9 @@ class ReluL1Sae(Sae):
             loss=loss,
             mse=mse.detach(),
             fvu=fvu.detach(),
-            l0=active.sum(-1).float().mean(),
+            l0=mean_rows(active.sum(-1).float(), shard),
             aux_loss=penalty.detach(),
-            fired=active.any(0),
+            fired=fired_anywhere(active.any(0), shard),
         )
 
 

@@ -5,13 +5,14 @@ the dense ``(n, d_sae)`` latent matrix for the backward pass: the decoder reads 
 of ``W_dec`` per token and the encoder gradient touches only active columns (see ``_sparse``).
 Decoder rows are kept at unit norm after every step. The loss is the batch FVU plus
 ``aux_coefficient`` times the AuxK loss: the normalised error of reconstructing the residual
-``x - x_hat`` from the ``aux_k`` largest pre-activations among dead latents (§A.2).
+``x - x_hat`` from the ``aux_k`` largest pre-activations among dead latents (§A.2). In data-parallel
+training both normalisers (the batch's variance, the residual's variance) are the global batch's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -19,7 +20,11 @@ from torch import Tensor
 from ._sparse import ActiveSet, gather_pre, sparse_decode
 from .base import Sae, SaeOutput, SaeStepOutput, reconstruction_stats
 from .config import SaeConfig, _require
+from .distributed import fired_anywhere
 from .registry import register
+
+if TYPE_CHECKING:
+    from .distributed import BatchShard
 
 
 @dataclass
@@ -70,31 +75,37 @@ class TopKSae(Sae):
         z = torch.zeros_like(pre).scatter_(-1, idx, vals)
         return SaeOutput(x_hat=x_hat.reshape(*lead, -1).to(x.dtype), latents=z.reshape(*lead, -1))
 
-    def _select(self, pre: Tensor, progress: float = 1.0) -> ActiveSet:
-        """Active entries of a training batch (no grad); ``progress`` is the fraction of training done."""
+    def _select(self, pre: Tensor, progress: float = 1.0, shard: BatchShard | None = None) -> ActiveSet:
+        """Active entries of a training batch (no grad); ``progress`` is the fraction of training done.
+
+        Per token, so the same with or without a ``shard``.
+        """
         return ActiveSet.from_topk(pre.topk(self.cfg.k, dim=-1, sorted=False).indices, self.cfg.d_sae)
 
-    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0) -> SaeStepOutput:
+    def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0, shard: BatchShard | None = None) -> SaeStepOutput:
         xn = self.normalize_input(x)
         b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
         with torch.no_grad():
             x_in = xn - self.b_dec if b_dec is not None else xn
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
-        active = self._select(pre, progress)
+        active = self._select(pre, progress, shard)
         vals = gather_pre(x_in, self.W_enc, self.b_enc, pre, active, b_dec).relu()
         x_hat = sparse_decode(vals, self.W_dec, active) + self.b_dec
-        _, mse, fvu = reconstruction_stats(xn, x_hat)
-        aux = self._auxk_loss(xn - x_hat.detach(), x_in, pre, dead, b_dec)
+        _, mse, fvu = reconstruction_stats(xn, x_hat, shard)
+        aux = self._auxk_loss(xn - x_hat.detach(), x_in, pre, dead, b_dec, shard)
         loss = fvu + self.cfg.aux_coefficient * aux if aux is not None else fvu
         with torch.no_grad():
             on = vals > 0
             fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
             fired[active.cols[on]] = True
-            l0 = on.sum().float() / x.shape[0]
+            fired = fired_anywhere(fired, shard)
+            l0 = on.sum().float() / x.shape[0] if shard is None else shard.sum(on.sum().float()) / shard.n_total
         zero = torch.zeros((), device=x.device)
         return SaeStepOutput(loss=loss, mse=mse.detach(), fvu=fvu.detach(), l0=l0, aux_loss=(aux if aux is not None else zero).detach(), fired=fired)
 
-    def _auxk_loss(self, err: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor | None, b_dec: Tensor | None) -> Tensor | None:
+    def _auxk_loss(
+        self, err: Tensor, x_in: Tensor, pre: Tensor, dead: Tensor | None, b_dec: Tensor | None, shard: BatchShard | None = None
+    ) -> Tensor | None:
         if dead is None or self.cfg.aux_coefficient == 0:
             return None
         n_dead = int(dead.sum())
@@ -107,6 +118,8 @@ class TopKSae(Sae):
         vals = gather_pre(x_in, self.W_enc, self.b_enc, pre, active, b_dec).relu()
         e_hat = sparse_decode(vals, self.W_dec, active)
         err = err.float()
+        if shard is not None:  # every shard has the same dead mask, so all of them get here
+            return shard.total((e_hat.float() - err).pow(2).sum()) / shard.total_variance(err)
         return (e_hat.float() - err).pow(2).sum() / (err - err.mean(0)).pow(2).sum().clamp_min(1e-12)
 
     @torch.no_grad()

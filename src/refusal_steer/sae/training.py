@@ -11,6 +11,11 @@ Optimisation: Adam, learning rate warmed up linearly, held, then decayed linearl
 last ``decay_fraction`` of steps (Anthropic, April 2024 update); gradient-norm clipping; each kind's
 ``after_optimizer_step`` (unit-norm decoder for TopK kinds, positive thresholds for JumpReLU).
 Dead latents (no activation for ``dead_tokens`` tokens) are tracked and passed to the loss (AuxK).
+
+Data parallel (``parallel=``, what ``torchrun ... sae train`` passes): every process reads the same
+stream, trains on its own rows of each global batch with the global batch's loss normalisers, and
+the gradients are summed, so every process takes the same step and N processes train the SAE one
+would (:mod:`.distributed`). Only rank 0 writes checkpoints and outputs and shows progress.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .constants import (
     TRAINING_FILENAME,
     WEIGHTS_FILENAME,
 )
+from .distributed import DataParallel
 from .io import _load_weights_into, read_json, read_safetensors, save_sae
 
 logger = logging.getLogger(__name__)
@@ -269,6 +275,7 @@ def train_sae(
     *,
     resume: bool = True,
     stop_after: int | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train ``sae`` in place on activation batches from ``source``.
 
@@ -283,6 +290,8 @@ def train_sae(
         resume: continue from the newest checkpoint in ``out_dir`` if there is one.
         stop_after: stop after this many steps in total (for tests and time-boxed runs); the final
             SAE is still written.
+        parallel: this process's place in a data-parallel run (every process calls this with the
+            same arguments; see :mod:`refusal_steer.sae.distributed`); None trains in this process alone.
 
     Returns:
         A :class:`TrainResult` (the SAE is trained in place).
@@ -298,6 +307,7 @@ def train_sae(
 
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
+    main = parallel is None or parallel.is_main
     device = sae.device
     params = [p for p in sae.parameters() if p.requires_grad]
     lr = cfg.peak_lr(sae.cfg.d_sae)
@@ -320,12 +330,14 @@ def train_sae(
         step, tokens = int(state["step"]), int(state["tokens"])
         resumed_from = step
         logger.info("resuming from %s (step %d, %d tokens)", ckpt, step, tokens)
+    if parallel is not None:
+        parallel.broadcast_state(sae)  # the same start everywhere, even for an SAE built from the unseeded global RNG
 
     total = cfg.total_steps
     last = min(total, stop_after) if stop_after is not None else total
     batches = shuffled_batches(source, cfg.batch_size, cfg.buffer_batches, cfg.seed, start_step=step)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.tokens, initial=tokens, unit="tok", unit_scale=True, disable=not cfg.progress, desc=f"sae {sae.cfg.arch}")
+    bar = tqdm(total=cfg.tokens, initial=tokens, unit="tok", unit_scale=True, disable=not (cfg.progress and main), desc=f"sae {sae.cfg.arch}")
     tok_window, t_window = 0, time.perf_counter()
     sae.train()
     try:
@@ -337,21 +349,29 @@ def train_sae(
                     raise EmptyDatasetError("the activation source is empty", fix="check the activations directory or iterator") from None
                 logger.warning("activations ran out after %d steps (%d tokens); planned %d tokens", step, tokens, cfg.tokens)
                 break
-            x = x.to(device, non_blocking=True)
-            if step == 0 and cfg.init_from_data:
+            n = x.shape[0]  # rows of the global batch
+            if step == 0 and cfg.init_from_data:  # from the whole batch, which every process holds
                 sae.reset_parameters(generator=torch.Generator().manual_seed(cfg.seed))
-                sae.initialize_from_data(x, cfg.b_dec_init)
+                sae.initialize_from_data(x.to(device), cfg.b_dec_init)
+            shard = None
+            if parallel is not None:
+                shard, x = parallel.shard(n), x[parallel.rows(n)]
+            x = x.to(device, non_blocking=True)
             dead = since_fired >= cfg.dead_tokens
             for g in opt.param_groups:
                 g["lr"] = lr * cfg.lr_factor(step)
-            res = sae.training_step(x, dead=dead, progress=step / total)
+            if shard is None:
+                res = sae.training_step(x, dead=dead, progress=step / total)
+            else:
+                res = sae.training_step(x, dead=dead, progress=step / total, shard=shard)
             opt.zero_grad(set_to_none=True)
             res.loss.backward()
+            if parallel is not None:
+                parallel.sum_gradients(params)  # the shards' shares add up to the global batch's gradient
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sae.after_optimizer_step()
-            n = x.shape[0]
             since_fired += n
             since_fired[res.fired] = 0
             step += 1
@@ -378,14 +398,14 @@ def train_sae(
                 history.append(rec)
                 bar.set_postfix(loss=f"{loss:.4g}", fvu=f"{rec['fvu']:.3f}", l0=f"{rec['l0']:.1f}", dead=f"{rec['dead_fraction']:.1%}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 tok_window, t_window = 0, now
-            if out is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            if main and out is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 _write_checkpoint(out, sae, opt, since_fired, step, tokens, cfg)
     finally:
         bar.close()
         sae.eval()
 
     seconds = time.perf_counter() - t0
-    if out is not None:
+    if main and out is not None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
             _write_checkpoint(out, sae, opt, since_fired, step, tokens, cfg)
         save_sae(sae, out)
@@ -398,6 +418,8 @@ def train_sae(
             "final": history[-1] if history else None,
         }
         atomic_write_text(out / TRAINING_FILENAME, json.dumps(record, indent=2))
+    if parallel is not None:
+        parallel.barrier()  # every process returns once rank 0's outputs exist
     return TrainResult(sae=sae, steps=step, tokens=tokens, seconds=seconds, resumed_from=resumed_from, history=history)
 
 
