@@ -53,12 +53,14 @@ def latent_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping
 
 
 def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], prompts: Sequence[str], skip_tokens: int,
-                batch_size: int, reduce: str, system: str | None = None) -> dict[str, Tensor]:
+                batch_size: int, reduce: str, system: str | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Per-prompt reduction (``max`` or ``mean`` over the scored tokens) of every latent: ``{name: (n, d_sae)}``."""
+    from tqdm.auto import tqdm
+
     tokens = encode_prompts(lm, prompts, system=system)
     order = length_order([len(t) for t in tokens])
     out = {name: torch.zeros(len(prompts), sae.cfg.d_sae) for name, sae in saes.items()}
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="latent activations", unit="batch", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
         latents, mask = latent_activations(lm, saes, points, [tokens[i] for i in rows], skip_tokens)
         m = mask.unsqueeze(-1).float()
@@ -73,9 +75,9 @@ def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, H
 
 
 def max_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], prompts: Sequence[str], *,
-                    skip_tokens: int, batch_size: int = 8, system: str | None = None) -> dict[str, Tensor]:
+                    skip_tokens: int, batch_size: int = 8, system: str | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Each prompt's max activation of every latent over its tokens after ``skip_tokens``: ``{name: (n, d_sae)}``."""
-    return _per_prompt(lm, saes, points, prompts, skip_tokens, batch_size, "max", system)
+    return _per_prompt(lm, saes, points, prompts, skip_tokens, batch_size, "max", system, progress)
 
 
 def max_activation_diff(harmful_max: Mapping[str, Tensor], harmless_max: Mapping[str, Tensor]) -> dict[str, Tensor]:

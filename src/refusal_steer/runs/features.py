@@ -128,8 +128,8 @@ def _scores(lm: LoadedModel, saes: dict[str, Sae], points: dict[str, HookPoint],
     tensors: dict[str, torch.Tensor] = {}
     for name, values in cosine_scores(saes, direction).items():
         tensors[f"cosine/{name}"] = values
-    hmax = max_activations(lm, saes, points, harmful, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
-    lmax = max_activations(lm, saes, points, harmless, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
+    hmax = max_activations(lm, saes, points, harmful, skip_tokens=skip, batch_size=config.batch_size, system=config.system, progress=progress)
+    lmax = max_activations(lm, saes, points, harmless, skip_tokens=skip, batch_size=config.batch_size, system=config.system, progress=progress)
     for name in saes:
         tensors[f"harmful_max/{name}"] = hmax[name]
         tensors[f"harmless_max/{name}"] = lmax[name]
@@ -184,15 +184,17 @@ def _mean_max(features: FeatureSet, latents: list[LatentRef], tensors: dict[str,
 
 def _calibrate_bypass(lm: LoadedModel, features: FeatureSet, saes: dict[str, Sae], val_harmful: list[str], val_harmless: list[str],
                       refusal_ids: list[int], config: FeaturesConfig, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     base_harmless = last_token_logprobs(lm, val_harmless, batch_size=config.batch_size, system=config.system)
     table = []
-    for k in config.k_grid:
-        for c in config.scale_grid:
-            steer = clamp_steer(features, features.ranked("selected", k), mode="scale", value=c, saes=saes)
-            log_odds = refusal_log_odds(last_token_logprobs(lm, val_harmful, steer, batch_size=config.batch_size, system=config.system), refusal_ids)
-            kl = kl_divergence(base_harmless, last_token_logprobs(lm, val_harmless, steer, batch_size=config.batch_size, system=config.system))
-            table.append({"k": k, "scale": c, "harmful_log_odds": float(log_odds.mean()), "harmless_kl": float(kl.mean())})
-            logger.info("bypass k=%d c=%g: log-odds %.3f, KL %.4f", k, c, table[-1]["harmful_log_odds"], table[-1]["harmless_kl"])
+    grid = [(k, c) for k in config.k_grid for c in config.scale_grid]
+    for k, c in tqdm(grid, desc="bypass grid (K x c, val)", unit="setting", disable=not progress):
+        steer = clamp_steer(features, features.ranked("selected", k), mode="scale", value=c, saes=saes)
+        log_odds = refusal_log_odds(last_token_logprobs(lm, val_harmful, steer, batch_size=config.batch_size, system=config.system), refusal_ids)
+        kl = kl_divergence(base_harmless, last_token_logprobs(lm, val_harmless, steer, batch_size=config.batch_size, system=config.system))
+        table.append({"k": k, "scale": c, "harmful_log_odds": float(log_odds.mean()), "harmless_kl": float(kl.mean())})
+        logger.info("bypass k=%d c=%g: log-odds %.3f, KL %.4f", k, c, table[-1]["harmful_log_odds"], table[-1]["harmless_kl"])
     passing = [row for row in table if row["harmless_kl"] <= config.kl_max] or sorted(table, key=lambda r: r["harmless_kl"])[:1]
     for row in sorted(passing, key=lambda r: r["harmful_log_odds"])[: config.judge_top]:
         steer = clamp_steer(features, features.ranked("selected", row["k"]), mode="scale", value=row["scale"], saes=saes)
