@@ -100,3 +100,49 @@ def test_batchtopk_resume_inside_the_threshold_window_is_exact(tmp_path) -> None
     train_sae(second, data, cfg, tmp_path / "resumed")
     assert int(second.threshold_count) == 12
     assert torch.allclose(full.threshold, second.threshold, atol=1e-6)
+
+
+def test_negative_threshold_gates_the_relu() -> None:
+    """``ReLU(z) * H(z - theta)`` (Gemma Scope, SAELens): a pre-activation in (theta, 0) gives 0, not a negative latent."""
+    sae = build_sae(build_cfg("jumprelu", normalize="none", apply_b_dec_to_input=False))
+    with torch.no_grad():
+        sae.threshold.copy_(torch.linspace(-1.0, 1.0, sae.cfg.d_sae))
+    x = torch.randn(64, 16)
+    pre = x @ sae.W_enc.detach() + sae.b_enc.detach()
+    assert ((pre > sae.threshold) & (pre < 0)).sum() > 10  # the case that differs from z * H(z - theta)
+    expected = torch.where(pre > sae.threshold, pre.clamp_min(0), torch.zeros_like(pre))
+    assert torch.allclose(sae.encode(x), expected)
+
+
+def test_training_forward_equals_inference_with_negative_thresholds() -> None:
+    """The training step reconstructs with the same latents as forward(), whatever the thresholds' signs."""
+    sae = build_sae(build_cfg("jumprelu", normalize="none"))
+    with torch.no_grad():
+        sae.threshold.copy_(torch.linspace(-1.0, 1.0, sae.cfg.d_sae))
+    x = torch.randn(256, 16)
+    out = sae.training_step(x)
+    with torch.no_grad():
+        mse = (sae(x).x_hat - x).pow(2).mean()
+    torch.testing.assert_close(out.mse, mse)
+
+
+def test_threshold_gradient_is_taken_at_the_pre_activation() -> None:
+    """Eq. 11's estimate -(theta / eps) K((z - theta) / eps) uses the raw pre-activation z: with theta below
+    eps / 2, a negative z (whose ReLU is 0) must not enter it."""
+    from refusal_steer.sae.jumprelu import jumprelu
+
+    theta, eps = 0.01, 0.05
+    sae = build_sae(build_cfg("jumprelu", normalize="none", bandwidth=eps, l0_coefficient=0.0))
+    with torch.no_grad():
+        sae.threshold.fill_(theta)
+    x = torch.randn(128, 16)
+    sae.training_step(x).loss.backward()
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+    f = jumprelu(pre, sae.threshold.detach()).requires_grad_()
+    rec = (sae.decode_normalized(f) - x).pow(2).sum(-1).mean()
+    (g_f,) = torch.autograd.grad(rec, f)
+    in_kernel = ((pre - theta).abs() < eps / 2).float()
+    expected = (g_f * -(theta / eps) * in_kernel).sum(0)
+    assert ((pre <= 0) & (in_kernel == 0)).sum() > 100  # entries a ReLU'd z would have counted
+    torch.testing.assert_close(sae.threshold.grad, expected, atol=1e-6, rtol=1e-5)

@@ -4,12 +4,18 @@
   ``sae_weights.safetensors`` (the module's state: ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``,
   ``norm_scale`` and kind-specific tensors such as ``threshold``).
 * **SAELens** (v6): ``cfg.json`` with ``architecture`` (``standard``/``topk``/``jumprelu``), ``d_in``,
-  ``d_sae``, ``dtype``, ``apply_b_dec_to_input``, ``normalize_activations``, ``metadata.hook_name``
-  (``blocks.L.hook_resid_pre``) and the same weight names. Our input scale is folded into the
-  weights on export, so the file needs no normalisation at run time; BatchTopK exports as
-  JumpReLU with its threshold on every latent (what SAELens does for its own BatchTopK).
+  ``d_sae``, ``dtype``, ``apply_b_dec_to_input``, ``normalize_activations``, ``metadata``
+  (``sae_lens_version``, ``hook_name`` such as ``blocks.L.hook_resid_pre``, ``model_name``) and the
+  same weight names. Our input scale is folded into the weights on export, so the file needs no
+  normalisation at run time; BatchTopK exports as JumpReLU with its threshold on every latent (what
+  SAELens does for its own BatchTopK). A TopK file with ``rescale_acts_by_decoder_norm: true`` (what
+  SAELens's ``save_inference_model`` writes by default) loads with the decoder norms folded in.
+* **SAELens before 6.0** (no ``metadata.sae_lens_version``): ``hook_point`` or top-level
+  ``hook_name``, ``activation_fn_str`` (``relu``, or ``topk`` with ``activation_fn_kwargs.k``) and
+  possibly no ``architecture``, read the way SAELens 6.54's ``handle_pre_6_0_config`` reads them.
 * **Gemma Scope**: ``params.npz`` with ``W_enc``, ``W_dec``, ``b_enc``, ``b_dec``, ``threshold``
-  (JumpReLU, no ``b_dec`` subtraction on input, threshold kept in float32).
+  (JumpReLU ``ReLU(z) * H(z - threshold)``, no ``b_dec`` subtraction on input, threshold kept in
+  float32).
 
 Only safetensors, npz (``allow_pickle=False``) and JSON are read: never pickle.
 """
@@ -34,7 +40,7 @@ from ..atomic import atomic_save_safetensors, atomic_write_text
 from ..errors import ConfigError, CorruptFileError, ShapeMismatchError
 from . import registry
 from .base import Sae
-from .config import DTYPES
+from .config import DTYPES, SaeConfig
 from .constants import CFG_FILENAME, FORMAT_TAG, GEMMA_SCOPE_FILENAME, TRAINING_FILENAME, WEIGHTS_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -151,6 +157,16 @@ def _load_ours(d: Path, cfg_dict: dict[str, Any]) -> Sae:
 
 
 # --------------------------------------------------------------------------- SAELens layout
+#: ``metadata.sae_lens_version`` that :func:`save_saelens` writes: the first SAELens release whose
+#: layout the file follows. SAELens 6 reads ``metadata`` only when the version is >= 6.0; without one
+#: it parses the file as pre-6.0 and takes ``hook_name`` and ``model_name`` from the top level.
+SAELENS_LAYOUT_VERSION = "6.0.0"
+#: Pre-6.0 top-level names -> 6.x names, as SAELens 6.54's ``handle_pre_6_0_config`` renames them.
+_PRE6_RENAMES = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index", "activation_fn_str": "activation_fn"}
+#: Keys only a SAELens cfg.json has: 6.x's ``architecture`` and ``metadata``, pre-6.0's hook and activation names.
+_SAELENS_MARKERS = ("architecture", "metadata", "sae_lens_version", "hook_name", "hook_point", "activation_fn_str", "activation_fn")
+
+
 def _folded_tensors(sae: Sae) -> dict[str, Tensor]:
     """Weights with ``norm_scale`` folded in: same pre-activations, raw-unit input and output."""
     s = sae.norm_scale.to(torch.float64)
@@ -166,10 +182,27 @@ def _folded_tensors(sae: Sae) -> dict[str, Tensor]:
     return out
 
 
+def _saelens_metadata(cfg: SaeConfig) -> dict[str, Any]:
+    """``metadata`` as SAELens 6 reads it (``SAEMetadata``): layout version, model and hook, unknowns null.
+
+    Without ``sae_lens_version`` SAELens 6 takes the file for pre-6.0 and loses ``hook_name`` and
+    ``model_name``; ``model_from_pretrained_kwargs`` is ``{}`` because SAELens splats it.
+    """
+    return {
+        "sae_lens_version": SAELENS_LAYOUT_VERSION,
+        "sae_lens_training_version": None,
+        "model_name": cfg.model,
+        "hook_name": point_to_hook_name(cfg.point) if cfg.point is not None else None,
+        "hook_head_index": None,
+        "model_from_pretrained_kwargs": {},
+    }
+
+
 def save_saelens(sae: Sae, path: str | os.PathLike[str]) -> Path:
     """Save in SAELens v6's layout, loadable by ``sae_lens.SAE.load_from_disk``.
 
-    The input scale is folded into the weights (``normalize_activations: "none"``).
+    The input scale is folded into the weights (``normalize_activations: "none"``), and ``metadata``
+    carries what SAELens 6 reads (:data:`SAELENS_LAYOUT_VERSION`, ``hook_name``, ``model_name``).
 
     Example:
         >>> import tempfile
@@ -183,11 +216,6 @@ def save_saelens(sae: Sae, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     arch = _TO_SAELENS_ARCH[cfg.arch]
-    metadata: dict[str, Any] = {}
-    if cfg.point is not None:
-        metadata["hook_name"] = point_to_hook_name(cfg.point)
-    if cfg.model is not None:
-        metadata["model_name"] = cfg.model
     body: dict[str, Any] = {
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
@@ -196,7 +224,7 @@ def save_saelens(sae: Sae, path: str | os.PathLike[str]) -> Path:
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": metadata,
+        "metadata": _saelens_metadata(cfg),
     }
     if arch == "topk":
         body["k"] = cfg.k  # type: ignore[attr-defined]
@@ -207,50 +235,173 @@ def save_saelens(sae: Sae, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _saelens_major_version(raw: dict[str, Any]) -> int | None:
+    """Major version in ``sae_lens_version`` (top level or ``metadata``), None when absent or unreadable."""
+    meta = raw.get("metadata")
+    version = raw.get("sae_lens_version") or (meta.get("sae_lens_version") if isinstance(meta, dict) else None)
+    m = re.match(r"\s*(\d+)", version) if isinstance(version, str) else None
+    return int(m.group(1)) if m else None
+
+
+def _pre6_architecture(view: dict[str, Any], source: Path) -> tuple[str, int | None]:
+    """Architecture and TopK ``k`` of a pre-6.0 config, read from ``architecture`` and ``activation_fn``.
+
+    As SAELens 6.54's ``handle_pre_6_0_config``: ``activation_fn: "topk"`` with ``activation_fn_kwargs.k``
+    is a TopK SAE; otherwise ``architecture`` (default ``standard``) with a ReLU. Other activation
+    functions (``tanh-relu``) are refused rather than loaded as ReLU, which SAELens 6 silently does.
+    """
+    act = view.get("activation_fn") or "relu"
+    if act == "topk":
+        k = (view.get("activation_fn_kwargs") or {}).get("k")
+        if k is None:
+            raise CorruptFileError(
+                f"{source} sets activation_fn 'topk' but no activation_fn_kwargs.k",
+                fix='add "activation_fn_kwargs": {"k": K} with the SAE\'s k',
+            )
+        return "topk", k
+    if act != "relu":
+        raise ConfigError(
+            f"{source}: SAELens activation_fn {act!r} is not supported",
+            fix="supported pre-6.0 activation functions: relu, topk (with activation_fn_kwargs.k)",
+        )
+    return view.get("architecture") or "standard", None
+
+
+def _saelens_view(raw: dict[str, Any], source: Path) -> dict[str, Any]:
+    """A SAELens cfg.json as SAELens 6 reads it: 6.x names, ``architecture``, ``k`` and a ``metadata`` dict.
+
+    A file without ``sae_lens_version`` >= 6 is pre-6.0 and is renamed and defaulted as SAELens 6.54's
+    ``handle_pre_6_0_config`` does: ``hook_point`` -> ``hook_name``, ``activation_fn_str`` ->
+    ``activation_fn`` (see :func:`_pre6_architecture`), top-level ``hook_name``/``model_name`` ->
+    ``metadata``, a boolean ``normalize_activations`` -> ``"none"``/``"expected_average_only_in"``.
+    """
+    meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    major = _saelens_major_version(raw)
+    if major is not None and major >= 6:
+        return {**raw, "metadata": meta}
+    view = {_PRE6_RENAMES.get(k, k): v for k, v in raw.items()}
+    # SAELens 6 reads only the top level here; a metadata block (our exports before 6.0 metadata) fills the gaps.
+    view["metadata"] = {**meta, **{k: view[k] for k in ("model_name", "hook_name") if view.get(k) is not None}}
+    view["architecture"], k = _pre6_architecture(view, source)
+    if k is not None:
+        view["k"] = k
+    if isinstance(view.get("normalize_activations"), bool):
+        view["normalize_activations"] = "expected_average_only_in" if view["normalize_activations"] else "none"
+    return view
+
+
+def _check_saelens_normalization(view: dict[str, Any], d: Path) -> None:
+    """Refuse input normalisations that are not a foldable scale; warn when the scale is not stored."""
+    norm = view.get("normalize_activations") or "none"
+    if norm == "expected_average_only_in":
+        logger.warning("%s: normalize_activations=expected_average_only_in but no scale is stored; loading unscaled", d)
+    elif norm != "none":
+        raise ConfigError(f"SAELens normalize_activations={norm!r} is not supported", fix="use an SAE saved with normalize_activations='none'")
+
+
+def _saelens_point(hook_name: Any, d: Path) -> str | None:
+    """Our hook point for a SAELens ``hook_name``; None (with a warning) when it has none."""
+    if not hook_name:
+        return None
+    try:
+        return hook_name_to_point(str(hook_name))
+    except ConfigError:
+        logger.warning("%s: hook name %r has no refusal-steer point; set it yourself", d, hook_name)
+        return None
+
+
+def _saelens_fields(view: dict[str, Any], d: Path) -> dict[str, Any]:
+    """Our config fields from a SAELens config view: widths, point, model, dtype, b_dec convention, TopK's k."""
+    source = d / CFG_FILENAME
+    try:
+        d_in, d_sae = int(view["d_in"]), int(view["d_sae"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{source} lacks integer d_in/d_sae", fix="re-save or re-download the SAE") from exc
+    meta = view["metadata"]
+    dtype = str(view.get("dtype", "float32")).removeprefix("torch.")
+    fields: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "point": _saelens_point(meta.get("hook_name") or view.get("hook_name"), d),
+        "model": meta.get("model_name") or view.get("model_name"),
+        "normalize": "none",
+        "apply_b_dec_to_input": bool(view.get("apply_b_dec_to_input", True)),
+        "dtype": dtype if dtype in DTYPES else "float32",
+    }
+    if view["architecture"] == "topk":
+        try:
+            fields["k"] = int(view["k"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(
+                f"{source} is a SAELens TopK SAE without an integer k", fix='add "k": K (active latents per token) to cfg.json'
+            ) from exc
+    return fields
+
+
+def _finetuning_scale(tensors: dict[str, Tensor], view: dict[str, Any], source: Path) -> Tensor | None:
+    """Pre-6.0 SAELens's ``scaling_factor`` (latents times it before decoding), or None when absent or all ones.
+
+    As SAELens 6's ``read_sae_components_from_disk``: an all-ones one is dropped, and one the config
+    does not enable (``finetuning_scaling_factor``) is an inconsistent file.
+    """
+    scale = tensors.pop("scaling_factor", None)
+    if scale is None or bool(torch.all(scale == 1)):
+        return None
+    if not view.get("finetuning_scaling_factor"):
+        raise CorruptFileError(
+            f"{source} holds a scaling_factor that is not all ones but cfg.json sets finetuning_scaling_factor false",
+            fix="set finetuning_scaling_factor true in cfg.json if the scale applies, or remove the tensor",
+        )
+    return scale
+
+
+@torch.no_grad()
+def _fold_scale_into_decoder(sae: Sae, scale: Tensor, source: Path) -> None:
+    """``decode(f * scale) == decode'(f)`` with ``W_dec'_i = scale_i * W_dec_i`` (SAELens < 6 ``apply_finetuning_scaling_factor``)."""
+    if tuple(scale.shape) != (sae.cfg.d_sae,):
+        raise ShapeMismatchError(
+            f"{source}: scaling_factor has shape {tuple(scale.shape)}, expected ({sae.cfg.d_sae},)", fix="re-save or re-download the SAE"
+        )
+    sae.W_dec.copy_(sae.W_dec.double() * scale.double()[:, None])
+
+
+@torch.no_grad()
+def _fold_decoder_norms(sae: Sae) -> None:
+    """Fold each decoder row's norm into the encoder, in place, as SAELens's ``fold_W_dec_norm``.
+
+    A SAELens TopK SAE with ``rescale_acts_by_decoder_norm`` multiplies pre-activations by the row
+    norms ``n`` before the top-k and divides the latents by ``n`` before decoding. With
+    ``W_dec_i / n_i``, ``W_enc[:, i] * n_i`` and ``b_enc_i * n_i`` a plain TopK computes the same
+    latents and reconstruction. ``save_inference_model`` has already folded them (unit rows: a no-op
+    here up to rounding) but still writes the flag; ``save_model`` of an inference SAE has not.
+    """
+    n = sae.W_dec.double().norm(dim=-1).clamp_min(1e-8)  # SAELens's get_W_dec_norm clamps the same way
+    sae.W_dec.copy_(sae.W_dec.double() / n[:, None])
+    sae.W_enc.copy_(sae.W_enc.double() * n)
+    sae.b_enc.copy_(sae.b_enc.double() * n)
+
+
 def _load_saelens(d: Path, raw: dict[str, Any]) -> Sae:
-    arch_name = raw.get("architecture")
+    """Load a SAELens folder of any version (see :func:`_saelens_view`) as one of our SAEs."""
+    source = d / CFG_FILENAME
+    view = _saelens_view(raw, source)
+    arch_name = view.get("architecture")
     if arch_name not in _FROM_SAELENS_ARCH:
         raise ConfigError(
             f"SAELens architecture {arch_name!r} is not supported",
             fix=f"supported SAELens architectures: {', '.join(_FROM_SAELENS_ARCH)}",
         )
-    if raw.get("rescale_acts_by_decoder_norm"):
-        raise ConfigError("SAELens TopK with rescale_acts_by_decoder_norm=true is not supported", fix="fold the decoder norm in SAELens first")
-    norm = raw.get("normalize_activations", "none") or "none"
-    if norm == "expected_average_only_in":
-        logger.warning("%s: normalize_activations=expected_average_only_in but no scale is stored; loading unscaled", d)
-    elif norm != "none":
-        raise ConfigError(f"SAELens normalize_activations={norm!r} is not supported", fix="use an SAE saved with normalize_activations='none'")
-    meta = raw.get("metadata") or {}
-    hook_name = meta.get("hook_name") or raw.get("hook_name")
-    point = None
-    if hook_name:
-        try:
-            point = hook_name_to_point(hook_name)
-        except ConfigError:
-            logger.warning("%s: hook name %r has no refusal-steer point; set it yourself", d, hook_name)
-    dtype = str(raw.get("dtype", "float32")).removeprefix("torch.")
-    try:
-        d_in, d_sae = int(raw["d_in"]), int(raw["d_sae"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptFileError(f"{d / CFG_FILENAME} lacks integer d_in/d_sae", fix="re-save or re-download the SAE") from exc
-    fields: dict[str, Any] = {
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "point": point,
-        "model": meta.get("model_name") or raw.get("model_name"),
-        "normalize": "none",
-        "apply_b_dec_to_input": bool(raw.get("apply_b_dec_to_input", True)),
-        "dtype": dtype if dtype in DTYPES else "float32",
-    }
-    ours = _FROM_SAELENS_ARCH[arch_name]
-    if ours == "topk":
-        fields["k"] = int(raw["k"])
-    cfg = registry.get(ours)[1](**fields)
-    sae = registry.build(cfg)
+    _check_saelens_normalization(view, d)
+    cfg = registry.get(_FROM_SAELENS_ARCH[arch_name])[1](**_saelens_fields(view, d))
     tensors = read_safetensors(d / WEIGHTS_FILENAME)
+    scale = _finetuning_scale(tensors, view, d / WEIGHTS_FILENAME)
     tensors["norm_scale"] = torch.ones((), dtype=torch.float32)
-    return _load_weights_into(sae, tensors, d / WEIGHTS_FILENAME)
+    sae = _load_weights_into(registry.build(cfg), tensors, d / WEIGHTS_FILENAME)
+    if scale is not None:
+        _fold_scale_into_decoder(sae, scale, d / WEIGHTS_FILENAME)
+    if cfg.arch == "topk" and view.get("rescale_acts_by_decoder_norm"):
+        _fold_decoder_norms(sae)
+    return sae
 
 
 # --------------------------------------------------------------------------- Gemma Scope
@@ -292,7 +443,7 @@ def load_gemma_scope(path: str | os.PathLike[str], point: str | None = None, mod
 
 # --------------------------------------------------------------------------- dispatch
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """``"refusal_steer"``, ``"saelens"`` or ``"gemma_scope"`` for an SAE file or directory."""
+    """``"refusal_steer"``, ``"saelens"`` (any SAELens version) or ``"gemma_scope"`` for an SAE file or directory."""
     p = Path(path)
     if p.suffix == ".npz" or (p.is_dir() and (p / GEMMA_SCOPE_FILENAME).is_file() and not (p / CFG_FILENAME).is_file()):
         return "gemma_scope"
@@ -301,9 +452,12 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     raw = read_json(p / CFG_FILENAME)
     if raw.get("format") == FORMAT_TAG or "arch" in raw:
         return "refusal_steer"
-    if "architecture" in raw:
+    if "architecture" in raw or ("d_in" in raw and "d_sae" in raw and any(k in raw for k in _SAELENS_MARKERS)):
         return "saelens"
-    raise CorruptFileError(f"{p / CFG_FILENAME} is neither our format nor SAELens's (no 'arch'/'architecture')", fix="re-save the SAE")
+    raise CorruptFileError(
+        f"{p / CFG_FILENAME} is neither our format nor SAELens's (no 'arch', no 'architecture', no d_in/d_sae with hook_name or hook_point)",
+        fix="re-save the SAE with 'sae train' or SAELens",
+    )
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
@@ -384,6 +538,7 @@ __all__ = [
     "sae_info",
     "point_to_hook_name",
     "hook_name_to_point",
+    "SAELENS_LAYOUT_VERSION",
     "read_json",
     "read_safetensors",
 ]

@@ -1,10 +1,13 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with
 JumpReLU Sparse Autoencoders"); the architecture of Gemma Scope.
 
-``f_i = z_i * H(z_i - theta_i)`` with a learned per-latent threshold ``theta`` (kept in float32
-whatever the SAE dtype). The loss is ``||x - x_hat||^2 + l0_coefficient * ||f||_0``; the step
-function has no gradient, so ``theta`` learns through straight-through estimators with a rectangle
-kernel of width ``bandwidth`` (§3, eqs. 11-12).
+``f_i = ReLU(z_i) * H(z_i - theta_i)`` with a learned per-latent threshold ``theta`` (kept in float32
+whatever the SAE dtype). The ReLU is what Gemma Scope and SAELens compute (``JumpReLUSAE.encode``):
+for ``theta >= 0`` it changes nothing, but a negative threshold (loaded from a file) would otherwise
+pass negative pre-activations in ``(theta, 0]``. Training and inference use the same :func:`jumprelu`.
+The loss is ``||x - x_hat||^2 + l0_coefficient * ||f||_0``; the step function has no gradient, so
+``theta`` learns through straight-through estimators with a rectangle kernel of width ``bandwidth``
+(§3, eqs. 11-12), both taken at the pre-activation ``z``.
 """
 
 from __future__ import annotations
@@ -54,21 +57,39 @@ def _rectangle(u: Tensor) -> Tensor:
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
+def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
+    """``ReLU(pre) * H(pre - threshold)``: Gemma Scope's and SAELens's JumpReLU, in ``pre``'s dtype.
+
+    The comparison runs in float32 (a bf16 pre-activation against a float32 threshold, as Gemma Scope
+    keeps it).
+
+    Example:
+        >>> jumprelu(torch.tensor([-0.5, 0.2, 0.6]), torch.tensor([-1.0, 0.5, 0.5]))
+        tensor([0.0000, 0.0000, 0.6000])
+    """
+    return torch.relu(pre) * (pre.float() > threshold).to(pre.dtype)
+
+
 class _JumpReLU(torch.autograd.Function):
-    """``z * H(z - theta)``; d/dz = H(z - theta), d/dtheta = -(theta / eps) K((z - theta) / eps) (eq. 11)."""
+    """:func:`jumprelu` with straight-through gradients (eq. 11, with the ReLU):
+    d/dz = H(z - theta) H(z), d/dtheta = -(ReLU(theta) / eps) K((z - theta) / eps).
+
+    ``ReLU(theta)`` is the height of the jump at ``z = theta`` (none when ``theta <= 0``); ``z`` is the
+    raw pre-activation, so a pre-activation far below zero never enters a small threshold's estimate.
+    """
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
         ctx.save_for_backward(z, theta)
         ctx.bandwidth = bandwidth
-        return z * (z > theta).to(z.dtype)
+        return jumprelu(z, theta)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         z, theta = ctx.saved_tensors
         eps = ctx.bandwidth
-        g_z = grad * (z > theta).to(grad.dtype)
-        g_t = (-(theta / eps) * _rectangle((z - theta) / eps) * grad).reshape(-1, theta.shape[-1]).sum(0)
+        g_z = grad * ((z > theta) & (z > 0)).to(grad.dtype)
+        g_t = (-(theta.clamp_min(0) / eps) * _rectangle((z - theta) / eps) * grad).reshape(-1, theta.shape[-1]).sum(0)
         return g_z, g_t, None
 
 
@@ -91,7 +112,7 @@ class _Step(torch.autograd.Function):
 
 @register("jumprelu")
 class JumpReluSae(Sae):
-    """``f = JumpReLU_theta(W_enc (x - b_dec) + b_enc)``, ``x_hat = W_dec f + b_dec``."""
+    """``f = ReLU(z) * H(z - theta)`` with ``z = W_enc (x - b_dec) + b_enc``, ``x_hat = W_dec f + b_dec``."""
 
     config_class = JumpReluConfig
     cfg: JumpReluConfig
@@ -113,13 +134,12 @@ class JumpReluSae(Sae):
         self.threshold.fill_(float(theta.clamp_min(1e-6)))
 
     def activation(self, pre: Tensor) -> Tensor:
-        # Compare in float32: a bf16 pre-activation against a float32 threshold (Gemma Scope keeps it float32).
-        return pre * (pre.float() > self.threshold).to(pre.dtype)
+        return jumprelu(pre, self.threshold)
 
     def training_step(self, x: Tensor, dead: Tensor | None = None, progress: float = 1.0, shard: BatchShard | None = None) -> SaeStepOutput:
         xn = self.normalize_input(x)
         pre = self.pre_acts_normalized(xn).float()
-        f = _JumpReLU.apply(torch.relu(pre), self.threshold, self.cfg.bandwidth)
+        f = _JumpReLU.apply(pre, self.threshold, self.cfg.bandwidth)
         x_hat = self.decode_normalized(f.to(self.W_dec.dtype))
         rec, mse, fvu = reconstruction_stats(xn, x_hat, shard)
         l0_soft = mean_rows(_Step.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1), shard)
@@ -132,8 +152,8 @@ class JumpReluSae(Sae):
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Keep thresholds positive (a JumpReLU with theta <= 0 would pass negative pre-activations' ReLU zeros)."""
+        """Keep thresholds positive: at ``theta <= 0`` the JumpReLU is a plain ReLU and reconstruction gives theta no gradient."""
         self.threshold.clamp_(min=1e-6)
 
 
-__all__ = ["JumpReluConfig", "JumpReluSae"]
+__all__ = ["JumpReluConfig", "JumpReluSae", "jumprelu"]
