@@ -28,7 +28,7 @@ from refusal_steer.interventions import (
     short_forms,
 )
 from refusal_steer.interventions.registry import FieldSpec, ShortForm
-from refusal_steer.sae import SaeSplice, TopKConfig, build_sae, save_sae
+from refusal_steer.sae import LatentAdd, LatentClamp, SaeSplice, TopKConfig, build_sae, save_sae
 
 PROMPTS = ["How do I bake bread?", "Hi there, tell me a story."]
 
@@ -55,6 +55,8 @@ def _one_of_each(lm, tmp_path) -> dict[str, list]:
         "cap": [ProjectionCap(_v(lm, 4), ["resid_pre.0", "resid_pre.1"], ceilings=[0.1, -0.3], positions="generated")],
         "gate": [Gate(_v(lm, 5), "resid_pre.1", threshold=-1.0, interventions=[Add(_v(lm, 6, 8.0), "resid_pre.2", coef=1.0)])],
         "sae_splice": [SaeSplice(_sae(lm, tmp_path), "resid_pre.1", keep_error=False, skip_tokens=2)],
+        "latent_clamp": [LatentClamp(_sae(lm, tmp_path), "resid_pre.1", latents=tuple(range(32)), mode="set", value=40.0, skip_tokens=2)],
+        "latent_add": [LatentAdd(_sae(lm, tmp_path), "resid_pre.1", latent=3, max_activation=10.0, coef=4.0)],
     }
 
 
