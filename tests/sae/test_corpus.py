@@ -92,11 +92,15 @@ def test_splice_leaves_prefix_alone(make_tiny_lm) -> None:
 def test_evaluate_on_model_reports_all_metrics(make_tiny_lm, mix: TokenMix) -> None:
     lm = make_tiny_lm("qwen2")
     sae = build_sae(TopKConfig(d_in=lm.d_model, d_sae=128, k=8, point="resid_pre.1"))
-    out = evaluate_on_model(lm, sae, n_tokens=400, mix=mix, progress=False)
+    out = evaluate_on_model(lm, sae, n_tokens=400, mix=mix, progress=False, with_error=True)
     assert out["n_tokens"] >= 400 and out["n_tokens_spliced"] > 0 and out["skip_tokens"] > 0
     assert out["l0"] == pytest.approx(8.0)
     assert 0 < out["fvu"] and out["kl_spliced"] > 0
     assert out["ce_spliced_with_error"] == pytest.approx(out["ce_clean"], abs=1e-3)
+    # the default spliced pass is bounded on its own: about spliced_tokens tokens, without the check pass
+    bounded = evaluate_on_model(lm, sae, n_tokens=400, mix=mix, progress=False, spliced_tokens=50)
+    assert bounded["ce_spliced_with_error"] is None and 0 < bounded["n_tokens_spliced"] < out["n_tokens_spliced"]
+    assert bounded["fvu"] == out["fvu"]
     direct = spliced_metrics(lm, sae, [{"input_ids": torch.tensor([[1, 2, 3, 4, 5]])}], "resid_pre.1")
     assert direct.n_tokens == 4
 
