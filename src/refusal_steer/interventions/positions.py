@@ -97,6 +97,19 @@ def steered_mask(positions: Positions, spec: PositionSpec, *, skip_prompt: int =
     return mask
 
 
+def where_steered(out: Tensor, x: Tensor, positions: Positions, spec: PositionSpec, *, skip_prompt: int = 0) -> Tensor:
+    """``out`` at the tokens :func:`steered_mask` selects, ``x`` elsewhere (a kind that rewrites the whole activation).
+
+    A call whose position masks do not match ``x`` (a plain forward without padding information) is steered everywhere.
+    """
+    if positions.prompt.shape != x.shape[:2]:
+        return out
+    steer = steered_mask(positions, spec, skip_prompt=skip_prompt)
+    if bool(steer.all()):
+        return out
+    return torch.where(steer.unsqueeze(-1), out, x)
+
+
 def _build(spec: PositionSpec, positions: Positions) -> Tensor | None:
     if spec == "all":
         return None if not positions.padding.any() else ~positions.padding

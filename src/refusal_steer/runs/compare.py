@@ -38,8 +38,9 @@ from ..evaluation.kl import evaluate_kl
 from ..evaluation.refusal import evaluate_refusal
 from ..features.featureset import FeatureSet, bypass_steer, induce_steer, load_feature_saes, load_features
 from ..features.steerers import hybrid2_steer, hybrid_steer, latent_add_steer, saem3_direction
+from ..batching import record_batch
 from ..generation import encode_prompts
-from ..hooks import HookPoint, Intervention, record
+from ..hooks import HookPoint, Intervention
 from ..interventions import all_layers_ablation, fingerprint
 from ..models.loaded import LoadedModel
 from ..report.plots import plot_rates
@@ -87,19 +88,10 @@ def _sae_at(features: FeatureSet, point: HookPoint) -> str:
 
 
 def _position_acts(lm: LoadedModel, prompts: list[str], point: HookPoint, position: int, batch_size: int, system: str | None) -> torch.Tensor:
+    """Activations ``(n, d)`` at ``point`` and ``position`` (counted from the end) of each chat-formatted prompt."""
     tokens = encode_prompts(lm, prompts, system=system)
-    out = []
-    for start in range(0, len(tokens), batch_size):
-        chunk = tokens[start:start + batch_size]
-        width = max(len(t) for t in chunk)
-        ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, t in enumerate(chunk):
-            ids[i, width - len(t):] = torch.tensor(t)
-            mask[i, width - len(t):] = 1
-        with torch.no_grad(), record(lm, [point]) as rec:
-            lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
-        out.append(rec[point][:, position].float().cpu())
+    out = [record_batch(lm, tokens[start:start + batch_size], [point], share_prefix=False)[point][:, position].float().cpu()
+           for start in range(0, len(tokens), batch_size)]
     return torch.cat(out)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, ShapeMismatchError
 from ..hooks import HookCall, HookPoint
-from ..interventions.positions import PositionSpec, position_mask, steered_mask
+from ..interventions.positions import PositionSpec, position_mask, where_steered
 from ..interventions.registry import FieldSpec, check_scalar, register_kind
 from ..models.loaded import LoadedModel
 from .base import Sae
@@ -122,13 +122,7 @@ class LatentClamp:
         else:
             z = z.index_copy(-1, self._index, self.clamped(f))
             out = self.sae.decode(z).to(x.dtype)
-        positions = call.positions
-        if positions.prompt.shape != x.shape[:2]:
-            return out
-        steer = steered_mask(positions, self.positions, skip_prompt=self.skip_tokens)
-        if bool(steer.all()):
-            return out
-        return torch.where(steer.unsqueeze(-1), out, x)
+        return where_steered(out, x, call.positions, self.positions, skip_prompt=self.skip_tokens)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..hooks import HookCall, HookPoint
-from ..interventions.positions import PositionSpec, steered_mask
+from ..interventions.positions import PositionSpec, where_steered
 from ..interventions.registry import FieldSpec, ResourceType, check_scalar, register_kind, register_resource
 from ..models.loaded import LoadedModel
 from .base import Sae
@@ -82,13 +82,7 @@ class SaeSplice:
     def __call__(self, x: Tensor, call: HookCall) -> Tensor:
         x_hat = self.sae(x).x_hat
         out = x_hat + (x - x_hat) if self.keep_error else x_hat
-        positions = call.positions
-        if positions.prompt.shape != x.shape[:2]:
-            return out
-        steer = steered_mask(positions, self.positions, skip_prompt=self.skip_tokens)
-        if bool(steer.all()):
-            return out
-        return torch.where(steer.unsqueeze(-1), out, x)
+        return where_steered(out, x, call.positions, self.positions, skip_prompt=self.skip_tokens)
 
 
 def sae_content_hash(sae: Sae) -> str:
