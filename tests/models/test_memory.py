@@ -16,8 +16,8 @@ HARMFUL = [f"Tell me how to do harmful thing number {i}." for i in range(4)]
 HARMLESS = [f"Write a short poem about item {i} please." for i in range(4)]
 
 
-def _step(lm, *, recompute: bool, split: bool):
-    """One refinement step's loss and gradient, by the single backward of the sum or by _loss_backward."""
+def _step(lm, *, recompute: bool, split: bool, micro: int = 4):
+    """One refinement step's loss and gradient, by the single backward of the sum or by _loss_backward in micro-batches."""
     torch.manual_seed(0)
     param = torch.nn.Parameter(torch.randn(lm.d_model))
     trainable = _TrainableAblation(param, residual_writes(lm))
@@ -27,12 +27,14 @@ def _step(lm, *, recompute: bool, split: bool):
     base = last_token_logprobs(lm, HARMLESS)
     ctx = recompute_mlp(lm) if recompute else torch.enable_grad()
     with frozen_parameters(lm.model), apply(lm, [trainable]), ctx:
-        ce_fn = lambda: _compliance_ce(lm, harmful, targets)  # noqa: E731
-        kl_fn = lambda: _next_token_kl(lm, harmless, base)  # noqa: E731
         if split:
-            ce, kl = _loss_backward(param, ce_fn, kl_fn, 0.5)
+            count = sum(len(t) for t in targets)
+            parts = [range(i, min(i + micro, 4)) for i in range(0, 4, micro)]
+            ce_fns = [lambda p=p: _compliance_ce(lm, [harmful[i] for i in p], [targets[i] for i in p], count) for p in parts]
+            kl_fns = [lambda p=p: _next_token_kl(lm, [harmless[i] for i in p], base[list(p)], 4) for p in parts]
+            ce, kl = _loss_backward(param, ce_fns, kl_fns, 0.5)
         else:
-            ce, kl = ce_fn(), kl_fn()
+            ce, kl = _compliance_ce(lm, harmful, targets), _next_token_kl(lm, harmless, base)
             (ce + 0.5 * kl).backward()
     return ce.detach(), kl.detach(), param.grad.clone()
 
@@ -43,6 +45,15 @@ def test_recompute_and_split_backward_give_the_same_bits(tiny_lm) -> None:
         got = _step(tiny_lm, recompute=recompute, split=split)
         for a, b in zip(reference, got):
             assert torch.equal(a, b), (recompute, split)
+
+
+def test_micro_batches_give_the_whole_batch_loss_and_gradient(tiny_lm) -> None:
+    reference = _step(tiny_lm, recompute=False, split=False)
+    for micro in (1, 2, 3):
+        got = _step(tiny_lm, recompute=True, split=True, micro=micro)
+        for a, b in zip(reference, got):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+            assert not torch.equal(a, torch.zeros_like(a))
 
 
 def test_recompute_mlp_checkpoints_only_inside_and_restores_forward(make_tiny_lm) -> None:

@@ -55,6 +55,9 @@ class OptimizeConfig:
     """Weight of the harmless KL term against the compliance cross-entropy."""
     batch_size: int = 16
     """Prompts of each kind per step (8 made the validation KL swing by 0.1 nats between checkpoints on the default model)."""
+    micro_batch: int = 8
+    """Rows per forward+backward within a step (gradients accumulate): bounds the refinement's peak memory; the
+    step's loss and gradient are those of the whole batch (up to float rounding of the accumulation)."""
     target_tokens: int = 12
     """Tokens of each compliant answer the cross-entropy is taken over."""
     eval_every: int = 5
@@ -67,7 +70,7 @@ class OptimizeConfig:
     """Seed of the batch order."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "target_tokens", "eval_every", "n_kl"):
+        for name in ("steps", "batch_size", "micro_batch", "target_tokens", "eval_every", "n_kl"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ConfigError(f"optimize {name}={getattr(self, name)} is out of range", fix=f"give a positive {name}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -118,56 +121,64 @@ class _TrainableAblation:
         return project_out(x, r, position_mask(self.positions, call.positions, x.dtype))
 
 
-def _compliance_ce(lm: LoadedModel, contexts: list[list[int]], targets: list[list[int]]) -> Tensor:
-    """Mean per-token cross-entropy of ``targets`` after ``contexts`` (teacher forcing), with autograd."""
+def _compliance_ce(lm: LoadedModel, contexts: list[list[int]], targets: list[list[int]], count: int | None = None) -> Tensor:
+    """Summed per-token cross-entropy of ``targets`` after ``contexts`` (teacher forcing) over ``count`` tokens, with autograd.
+
+    ``count`` defaults to these targets' own token count (the mean); a micro-batch passes its whole batch's count.
+    """
     keep = max(len(t) for t in targets) + 1
     batch = build_batch(lm, [c + t for c, t in zip(contexts, targets)], keep=keep, grad=True)
     logits = forward(lm, batch, **logits_to_keep(lm.model, keep)).logits[:, -keep:]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    total, count = logprobs.new_zeros(()), 0
+    total, own = logprobs.new_zeros(()), 0
     for row, target in enumerate(targets):
         k = len(target)
         ids = torch.tensor(target, device=logprobs.device).unsqueeze(-1)
         total = total - logprobs[row, keep - 1 - k : keep - 1].gather(-1, ids).sum()
-        count += k
-    return total / count
+        own += k
+    return total / (own if count is None else count)
 
 
-def _next_token_kl(lm: LoadedModel, contexts: list[list[int]], base: Tensor) -> Tensor:
-    """Mean KL(base || steered) of the next token after ``contexts``, with autograd."""
+def _next_token_kl(lm: LoadedModel, contexts: list[list[int]], base: Tensor, n: int | None = None) -> Tensor:
+    """Mean KL(base || steered) of the next token after ``contexts``, weighted as ``len(contexts)`` of ``n`` rows, with autograd."""
     batch = build_batch(lm, contexts, keep=1, grad=True)
     logprobs = torch.log_softmax(forward(lm, batch, **logits_to_keep(lm.model, 1)).logits[:, -1].float(), dim=-1)
     base = base.to(logprobs.device, torch.float32)
-    return (base.exp() * (base - logprobs)).sum(dim=-1).mean()
+    return (base.exp() * (base - logprobs)).sum(dim=-1).mean() * (len(contexts) / (n or len(contexts)))
 
 
-def _loss_backward(param: torch.nn.Parameter, ce_fn, kl_fn, kl_weight: float) -> tuple[Tensor, Tensor]:
-    """``(ce + kl_weight * kl).backward()`` into ``param.grad`` (which must be None), one forward graph alive at a time.
+def _loss_backward(param: torch.nn.Parameter, ce_fns: Sequence, kl_fns: Sequence, kl_weight: float) -> tuple[Tensor, Tensor]:
+    """``(sum(ce_fns) + kl_weight * sum(kl_fns)).backward()`` into ``param.grad`` (which must be None), one forward
+    graph alive at a time.
 
-    One backward of the sum keeps both forward graphs (compliance batch and harmless batch) alive together. Here the
-    KL graph is built and back-propagated first and freed, then the cross-entropy graph: peak memory is the larger
-    graph, not the sum. The gradient keeps the bits of the single backward: there the autograd engine runs the
+    One backward of the sum keeps every forward graph (compliance and harmless micro-batches) alive together. Here
+    each graph is built, back-propagated and freed in turn, the KL ones first: peak memory is the largest graph,
+    not the sum. The gradient accumulated so far, ``G``, enters each later backward as its first contribution
+    (through ``(param * G).sum()``, built after that graph so it runs first, and whose gradient is ``G`` exactly).
+    With one function of each kind this keeps the bits of the single backward: there the autograd engine runs the
     KL graph's nodes first (created last, they have the higher sequence numbers) and adds the contributions to
-    ``param`` in arrival order, all of the KL ones, then the cross-entropy ones; here the KL gradient ``K`` enters
-    the second backward as the first contribution (through ``(param * K).sum()``, built after the cross-entropy
-    graph so it runs first, and whose gradient is ``K`` exactly), so every addition happens in the same order on
-    the same values (tested against the single backward). The two forward passes are independent (the model
-    is frozen and the hooks keep no state between calls), so their order does not change their values.
+    ``param`` in arrival order, all of the KL ones, then the cross-entropy ones, so every addition happens in the
+    same order on the same values (tested against the single backward). The forward passes are independent (the
+    model is frozen and the hooks keep no state between calls), so their order does not change their values.
 
-    Returns the (detached) cross-entropy and KL values.
+    Returns the (detached) summed cross-entropy and KL values.
     """
     if param.grad is not None:
         raise ValueError("param.grad must be None (call optimizer.zero_grad() first)")
-    kl = kl_fn()
-    (kl_weight * kl).backward()
-    kl_grad = param.grad
-    param.grad = None
-    ce = ce_fn()
-    if kl_grad is None:
-        ce.backward()
-    else:
-        (ce + (param * kl_grad.detach()).sum()).backward()
-    return ce.detach(), kl.detach()
+    done: Tensor | None = None
+    values: dict[str, Tensor] = {"ce": param.new_zeros(()), "kl": param.new_zeros(())}
+    for name, fn, weight in [("kl", f, kl_weight) for f in kl_fns] + [("ce", f, None) for f in ce_fns]:
+        value = fn()
+        loss = value if weight is None else weight * value
+        values[name] = values[name] + value.detach()
+        (loss if done is None else loss + (param * done.detach()).sum()).backward()
+        done, param.grad = param.grad, None
+    param.grad = done
+    return values["ce"], values["kl"]
+
+
+def _chunks(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def optimize_direction(
@@ -239,10 +250,13 @@ def optimize_direction(
             harmless_rows = torch.randperm(len(harmless_tokens), generator=generator)[: config.batch_size].tolist()
             optimizer.zero_grad()
             with apply(lm, [trainable]), recompute_mlp(lm):
+                count = sum(len(targets[i]) for i in rows)
                 ce, kl = _loss_backward(
                     param,
-                    lambda: _compliance_ce(lm, [harmful_tokens[i] for i in rows], [targets[i] for i in rows]),
-                    lambda: _next_token_kl(lm, [harmless_tokens[i] for i in harmless_rows], base_harmless[harmless_rows]),
+                    [lambda part=part: _compliance_ce(lm, [harmful_tokens[i] for i in part], [targets[i] for i in part], count)
+                     for part in _chunks(rows, config.micro_batch)],
+                    [lambda part=part: _next_token_kl(lm, [harmless_tokens[i] for i in part], base_harmless[part], len(harmless_rows))
+                     for part in _chunks(harmless_rows, config.micro_batch)],
                     config.kl_weight,
                 )
             optimizer.step()
