@@ -27,7 +27,7 @@ from .records import (
     record_text,
     record_to_dict,
 )
-from .registry import DatasetSpec, dataset, dataset_names, get_spec, list_datasets, load_dataset, register_dataset
+from .registry import DatasetSpec, dataset, dataset_names, get_spec, list_datasets, load_dataset, load_prompts, register_dataset
 from .sources import HARMBENCH_CATEGORIES, mmlu_subjects
 from .splits import DEFAULT_FRACTIONS, assign_split, split_dataset
 from .templates import fill_template, template_placeholders
@@ -56,6 +56,7 @@ __all__ = [
     "get_spec",
     "dataset_names",
     "load_dataset",
+    "load_prompts",
     "list_datasets",
     "load_user_file",
     "DEFAULT_FRACTIONS",

@@ -259,6 +259,11 @@ def load_dataset(
     return ds
 
 
+def load_prompts(name: str, *, split: str, limit: int | None, seed: int = 0) -> list[str]:
+    """The prompt texts of :func:`load_dataset` (same split, limit and seed): what the run stages fit and evaluate on."""
+    return [record.prompt for record in load_dataset(name, split=split, limit=limit, seed=seed)]
+
+
 def list_datasets(count: bool = True) -> list[DatasetInfo]:
     """Info for every registered dataset.
 
@@ -287,5 +292,6 @@ __all__ = [
     "get_spec",
     "dataset_names",
     "load_dataset",
+    "load_prompts",
     "list_datasets",
 ]

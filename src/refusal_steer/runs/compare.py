@@ -31,7 +31,6 @@ import torch
 
 from ..data import load_dataset
 from ..directions.io import load_ablation_direction
-from ..directions.scores import kl_divergence, last_token_logprobs, refusal_log_odds
 from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
 from ..evaluation.kl import evaluate_kl
@@ -46,6 +45,7 @@ from ..models.loaded import LoadedModel
 from ..report.plots import plot_rates
 from ..sae.base import Sae
 from .rundir import RunDir, write_json
+from .screen import screen_settings, within_kl
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +108,9 @@ def _latent_choice(features: FeatureSet, sae_name: str) -> tuple[int, float]:
 
 def _calibrate_coef(lm: LoadedModel, build, val_harmful: list[str], val_harmless: list[str], refusal_ids: list[int],
                     config: CompareConfig) -> dict[str, Any]:
-    base = last_token_logprobs(lm, val_harmless, batch_size=config.batch_size, system=config.system)
-    table = []
-    for coef in config.latent_coefs:
-        steer = build(coef)
-        odds = refusal_log_odds(last_token_logprobs(lm, val_harmful, steer, batch_size=config.batch_size, system=config.system), refusal_ids)
-        kl = kl_divergence(base, last_token_logprobs(lm, val_harmless, steer, batch_size=config.batch_size, system=config.system))
-        table.append({"coef": coef, "harmful_log_odds": float(odds.mean()), "harmless_kl": float(kl.mean())})
-    passing = [r for r in table if r["harmless_kl"] <= config.kl_max] or sorted(table, key=lambda r: r["harmless_kl"])[:1]
-    best = min(passing, key=lambda r: r["harmful_log_odds"])
+    table = screen_settings(lm, [{"coef": c} for c in config.latent_coefs], lambda s: build(s["coef"]), val_harmful, val_harmless,
+                            refusal_ids, batch_size=config.batch_size, system=config.system, desc="latent coefficient (val)", progress=False)
+    best = within_kl(table, config.kl_max)[0]
     return {"coef": best["coef"], "table": table, "split": "val", "kl_max": config.kl_max}
 
 

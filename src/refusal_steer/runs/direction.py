@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..data import load_dataset
+from ..data import load_prompts
 from ..errors import ConfigError
 from ..evaluation.judges import get_judge
 from ..evaluation.refusal import evaluate_refusal
@@ -112,10 +112,6 @@ class DirectionResult:
         return self.out_dir / DIRECTION_FILENAME
 
 
-def _prompts(name: str, split: str, n: int, seed: int) -> list[str]:
-    return [record.prompt for record in load_dataset(name, split=split, limit=n, seed=seed)]
-
-
 def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path, *, progress: bool = True) -> DirectionResult:
     """Run difference-in-means, refusal-token discovery and selection; resume finished stages.
 
@@ -133,15 +129,15 @@ def find_direction(lm: LoadedModel, config: DirectionConfig, out_dir: str | Path
         prompts = json.loads(prompts_file.read_text())
     else:
         prompts = {
-            "harmful_train": _prompts(config.harmful, "train", config.n_train, config.seed),
-            "harmless_train": _prompts(config.harmless, "train", config.n_train, config.seed),
-            "harmful_val": _prompts(config.harmful, "val", config.n_val, config.seed),
-            "harmless_val": _prompts(config.harmless, "val", config.n_val, config.seed),
+            "harmful_train": load_prompts(config.harmful, split="train", limit=config.n_train, seed=config.seed),
+            "harmless_train": load_prompts(config.harmless, split="train", limit=config.n_train, seed=config.seed),
+            "harmful_val": load_prompts(config.harmful, split="val", limit=config.n_val, seed=config.seed),
+            "harmless_val": load_prompts(config.harmless, split="val", limit=config.n_val, seed=config.seed),
         }
         if config.n_kl > config.n_val:  # a larger sample of the same validation split
-            prompts["harmless_kl"] = _prompts(config.harmless, "val", config.n_kl, config.seed)
+            prompts["harmless_kl"] = load_prompts(config.harmless, split="val", limit=config.n_kl, seed=config.seed)
         if config.optimize.steps > 0 and config.optimize.n_kl not in (config.n_val, config.n_kl):
-            prompts["harmless_kl_optimize"] = _prompts(config.harmless, "val", config.optimize.n_kl, config.seed)
+            prompts["harmless_kl_optimize"] = load_prompts(config.harmless, split="val", limit=config.optimize.n_kl, seed=config.seed)
         write_json(prompts_file, prompts)
         run.mark_done("prompts", prompts_key)
 

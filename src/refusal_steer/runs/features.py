@@ -28,9 +28,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data import load_dataset
+from ..data import load_dataset, load_prompts
 from ..directions.io import load_ablation_direction
-from ..directions.scores import kl_divergence, last_token_logprobs, refusal_log_odds
 from ..errors import ConfigError
 from ..evaluation.refusal import evaluate_refusal
 from ..features.attribution import attribute, check_points
@@ -45,6 +44,7 @@ from ..report.render import markdown_to_html
 from ..sae.corpus import mix_token_lists, template_prefix_length
 from ..sae.io import load_sae
 from .rundir import RunDir, stable_hash, write_json
+from .screen import screen_settings, within_kl
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +90,6 @@ class FeaturesConfig:
             raise ConfigError(f"k={self.k} must be in 1..100")
         if any(k > self.k for k in self.k_grid):
             object.__setattr__(self, "k_grid", tuple(k for k in self.k_grid if k <= self.k) or (self.k,))
-
-
-def _prompts(name: str, split: str, n: int, seed: int) -> list[str]:
-    prompts = [r.prompt for r in load_dataset(name, split=split, limit=n, seed=seed)]
-    if not prompts:
-        raise ConfigError(f"dataset {name!r} has no {split} prompts")
-    return prompts
 
 
 def _refusal_ids(direction_dir: Path) -> list[int]:
@@ -184,19 +177,15 @@ def _mean_max(features: FeatureSet, latents: list[LatentRef], tensors: dict[str,
 
 def _calibrate_bypass(lm: LoadedModel, features: FeatureSet, saes: dict[str, Sae], val_harmful: list[str], val_harmless: list[str],
                       refusal_ids: list[int], config: FeaturesConfig, progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    def build(setting: dict[str, Any]):
+        return clamp_steer(features, features.ranked("selected", setting["k"]), mode="scale", value=setting["scale"], saes=saes)
 
-    base_harmless = last_token_logprobs(lm, val_harmless, batch_size=config.batch_size, system=config.system)
-    table = []
-    grid = [(k, c) for k in config.k_grid for c in config.scale_grid]
-    for k, c in tqdm(grid, desc="bypass grid (K x c, val)", unit="setting", disable=not progress):
-        steer = clamp_steer(features, features.ranked("selected", k), mode="scale", value=c, saes=saes)
-        log_odds = refusal_log_odds(last_token_logprobs(lm, val_harmful, steer, batch_size=config.batch_size, system=config.system), refusal_ids)
-        kl = kl_divergence(base_harmless, last_token_logprobs(lm, val_harmless, steer, batch_size=config.batch_size, system=config.system))
-        table.append({"k": k, "scale": c, "harmful_log_odds": float(log_odds.mean()), "harmless_kl": float(kl.mean())})
-        logger.info("bypass k=%d c=%g: log-odds %.3f, KL %.4f", k, c, table[-1]["harmful_log_odds"], table[-1]["harmless_kl"])
-    passing = [row for row in table if row["harmless_kl"] <= config.kl_max] or sorted(table, key=lambda r: r["harmless_kl"])[:1]
-    for row in sorted(passing, key=lambda r: r["harmful_log_odds"])[: config.judge_top]:
+    grid = [{"k": k, "scale": c} for k in config.k_grid for c in config.scale_grid]
+    table = screen_settings(lm, grid, build, val_harmful, val_harmless, refusal_ids, batch_size=config.batch_size, system=config.system,
+                            desc="bypass grid (K x c, val)", progress=progress)
+    for row in table:
+        logger.info("bypass k=%d c=%g: log-odds %.3f, KL %.4f", row["k"], row["scale"], row["harmful_log_odds"], row["harmless_kl"])
+    for row in within_kl(table, config.kl_max)[: config.judge_top]:
         steer = clamp_steer(features, features.ranked("selected", row["k"]), mode="scale", value=row["scale"], saes=saes)
         result = evaluate_refusal(lm, val_harmful, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
                                   batch_size=config.generation_batch_size, system=config.system, progress=progress, split="val")
@@ -238,10 +227,10 @@ def find_features(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str
     names = list(saes)
     skip = template_prefix_length(lm)
     out = RunDir(Path(out_dir))
-    harmful = _prompts(config.harmful, "train", config.n_train, config.seed)
-    harmless = _prompts(config.harmless, "train", config.n_train, config.seed)
-    val_harmful = _prompts(config.harmful, "val", config.n_val, config.seed)
-    val_harmless = _prompts(config.harmless, "val", config.n_val, config.seed)
+    harmful = load_prompts(config.harmful, split="train", limit=config.n_train, seed=config.seed)
+    harmless = load_prompts(config.harmless, split="train", limit=config.n_train, seed=config.seed)
+    val_harmful = load_prompts(config.harmful, split="val", limit=config.n_val, seed=config.seed)
+    val_harmless = load_prompts(config.harmless, split="val", limit=config.n_val, seed=config.seed)
     write_json(out.file("prompts.json"), {"train_harmful": harmful, "train_harmless": harmless, "val_harmful": val_harmful, "val_harmless": val_harmless})
     base_inputs = {"config": asdict(config), "saes": sae_refs, "direction": str(saved.direction.sum().item()), "model": model_spec, "skip": skip}
 
