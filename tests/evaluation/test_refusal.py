@@ -85,3 +85,21 @@ def test_prompt_text_and_judge_completions() -> None:
     conversation = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}]
     assert prompt_text(conversation) == "second" and prompt_text("plain") == "plain"
     assert judge_completions("substring", ["a", conversation], ["I cannot.", "Sure."]) == [True, False]
+
+
+def test_per_prompt_steers_equal_each_prompt_run_under_its_own_steer(make_tiny_lm) -> None:
+    from refusal_steer.evaluation import evaluate_refusal_per_prompt
+    from refusal_steer.interventions import Add, fingerprint
+
+    lm = make_tiny_lm("qwen2")
+    torch.manual_seed(0)
+    steers = [[], [Add(torch.randn(lm.d_model) * 5, "resid_pre.1")], [Add(torch.randn(lm.d_model) * 5, "resid_pre.1")]]
+    result = evaluate_refusal_per_prompt(lm, PROMPTS, steers, judge=_LengthJudge(), max_new_tokens=6, progress=False)
+    alone = [generate(lm, [p], s, max_new_tokens=6, progress=False)[0].text for p, s in zip(PROMPTS, steers)]
+    assert [c.text for c in result.completions] == alone
+    assert alone[1] != generate(lm, [PROMPTS[1]], max_new_tokens=6, progress=False)[0].text  # the steer acts
+    assert result.refused == [len(t) < 20 for t in alone] and result.rate.n == 3
+    assert result.record.steer.startswith("per-prompt:")
+    assert result.record.steer_spec[0]["fingerprints"] == ["none", fingerprint(steers[1]), fingerprint(steers[2])]
+    with pytest.raises(ConfigError, match="one steer per prompt"):
+        evaluate_refusal_per_prompt(lm, PROMPTS, steers[:2], progress=False)

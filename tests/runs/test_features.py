@@ -127,6 +127,10 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     for name in ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-cossim", "latents-actdiff", "latents-attribution"):
         assert (name, "harmful") in names and (name, "harmless") in names, name
     assert ("latents-induce", "harmless") in names and ("actadd", "harmless") in names
+    per_prompt = next(c for c in result["cells"] if c["steerer"] == "latents-per-prompt")
+    assert per_prompt["class"] == "harmful" and per_prompt["in_sample"] and len(per_prompt["sets"]) == 5
+    assert all(0 < len(s) <= 4 for s in per_prompt["sets"]) and per_prompt["refusal"]["steer"].startswith("per-prompt:")
+    assert "(in-sample sets)" in (tmp_path / "cmp" / "compare.md").read_text()
     for cell in result["cells"]:
         assert cell["refusal"]["n"] == 5 and cell["refusal"]["split"] == "test" and cell["refusal"]["judge"].startswith("substring")
         if cell["class"] == "harmless" and cell["steerer"] != "baseline":
@@ -137,6 +141,7 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0 and "Kapros" in (tmp_path / "cmp" / "compare.md").read_text()
 
     monkeypatch.setattr(compare_module, "evaluate_refusal", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
+    monkeypatch.setattr(compare_module, "evaluate_refusal_per_prompt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
     again = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
     assert again["cells"] == result["cells"]
 

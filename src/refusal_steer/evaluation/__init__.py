@@ -33,7 +33,7 @@ from .judges import (
     register_judge,
 )
 from .kl import KlResult, evaluate_kl
-from .refusal import RefusalResult, evaluate_refusal, judge_completions, prompt_text
+from .refusal import RefusalResult, evaluate_refusal, evaluate_refusal_per_prompt, judge_completions, prompt_text
 from .record import ResultRecord, make_record
 from .stats import Rate, bootstrap, mean_with_ci, rate_from_bools, wilson
 
@@ -58,6 +58,7 @@ __all__ = [
     "evaluate_kl",
     "evaluate_multiple_choice",
     "evaluate_refusal",
+    "evaluate_refusal_per_prompt",
     "extract_final_number",
     "get_judge",
     "judge_completions",

@@ -6,13 +6,18 @@ refusal rate itself (DESIGN.md, "Evaluation semantics").
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
 from ..generation import Completion, as_prompt, generate
 from ..hooks import Intervention
+from ..interventions import fingerprint
 from ..models.loaded import LoadedModel
 from .fluency import is_degenerate
 from .judges import Judge, get_judge
@@ -151,5 +156,42 @@ def evaluate_refusal(
     logger.info("refusal rate %s with judge %s@%s", rate, judge_obj.name, judge_obj.version)
     record = make_record("refusal_rate", rate, lm, interventions, judge=f"{judge_obj.name}@{judge_obj.version}", dataset=dataset,
                          split=split, seed=seed)
+    return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused,
+                         degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed), record=record)
+
+
+def evaluate_refusal_per_prompt(
+    lm: LoadedModel,
+    prompts: Sequence[Any],
+    steers: Sequence[Sequence[Intervention]],
+    *,
+    judge: str | Judge = "substring",
+    max_new_tokens: int = 64,
+    ci: CiMethod = "wilson",
+    seed: int = 0,
+    system: str | None = None,
+    progress: bool = True,
+    dataset: str | None = None,
+    split: str | None = None,
+) -> RefusalResult:
+    """:func:`evaluate_refusal` with a steer of its own for each prompt (Yeo et al.'s per-sample latent sets).
+
+    Each prompt is generated alone under ``steers[i]`` (greedy, so batching would not change the answer; one steer
+    per row cannot share a batch's hooks). The record's ``steer`` is a hash of the per-prompt fingerprints and its
+    ``steer_spec`` lists them.
+    """
+    if len(steers) != len(prompts):
+        raise ConfigError(f"{len(prompts)} prompts but {len(steers)} per-prompt steers", fix="give one steer per prompt")
+    judge_obj = get_judge(judge)
+    completions: list[Completion] = []
+    for prompt, steer in tqdm(list(zip(prompts, steers)), desc="per-prompt steers", unit="prompt", disable=not progress):
+        completions += generate(lm, [prompt], list(steer), max_new_tokens=max_new_tokens, batch_size=1, system=system, progress=False)
+    refused = judge_completions(judge_obj, prompts, [c.text for c in completions])
+    rate = rate_from_bools(refused, method=ci, seed=seed)
+    degenerate = [is_degenerate(c.text) for c in completions]
+    prints = [fingerprint(list(steer)) if steer else "none" for steer in steers]
+    record = make_record("refusal_rate", rate, lm, (), judge=f"{judge_obj.name}@{judge_obj.version}", dataset=dataset, split=split, seed=seed)
+    record = replace(record, steer="per-prompt:" + hashlib.sha256("\n".join(prints).encode()).hexdigest()[:16],
+                     steer_spec=[{"kind": "per_prompt", "fingerprints": prints}])
     return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused,
                          degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed), record=record)

@@ -34,8 +34,10 @@ from ..directions.io import load_ablation_direction
 from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
 from ..evaluation.kl import evaluate_kl
-from ..evaluation.refusal import evaluate_refusal
-from ..features.featureset import FeatureSet, bypass_steer, induce_steer, load_feature_saes, load_features
+from ..evaluation.refusal import evaluate_refusal, evaluate_refusal_per_prompt
+from ..features.attribution import attribute
+from ..features.featureset import FeatureSet, LatentRef, bypass_steer, clamp_steer, induce_steer, load_feature_saes, load_features
+from ..features.scores import cosine_scores, global_top, per_sae_top
 from ..features.steerers import hybrid2_steer, hybrid_steer, latent_add_steer, saem3_direction
 from ..batching import record_batch
 from ..generation import encode_prompts
@@ -44,12 +46,13 @@ from ..interventions import all_layers_ablation, fingerprint
 from ..models.loaded import LoadedModel
 from ..report.plots import plot_rates
 from ..sae.base import Sae
-from .rundir import RunDir, write_json
+from .rundir import RunDir, stable_hash, write_json
 from .screen import screen_settings, within_kl
 
 logger = logging.getLogger(__name__)
 
-BYPASS = ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-cossim", "latents-actdiff", "latents-attribution")
+BYPASS = ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-cossim", "latents-actdiff", "latents-attribution",
+          "latents-per-prompt")
 INDUCE = ("latents-induce", "actadd")
 
 
@@ -170,30 +173,80 @@ def _test_prompts(config: CompareConfig, used: set[str]) -> dict[str, list[str]]
     return out
 
 
-def _cell(lm: LoadedModel, out: RunDir, steer_name: str, steer: list[Intervention], cls: str, prompts: list[str], config: CompareConfig,
-          dataset: str, progress: bool) -> dict[str, Any]:
-    key = fingerprint(steer) if steer else "none"
+def _cached_cell(out: RunDir, steer_name: str, cls: str, key: list[Any]) -> dict[str, Any] | None:
     file = out.file(f"cells/{steer_name}-{cls}.json")
     if file.is_file():
         cached = json.loads(file.read_text())
-        if cached.get("key") == [key, asdict(config)["judge"], config.max_new_tokens, len(prompts), config.seed]:
+        if cached.get("key") == key:
             return cached
-    t0 = time.time()
-    result = evaluate_refusal(lm, prompts, steer, judge=config.judge, max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
-                              seed=config.seed, system=config.system, progress=progress, dataset=dataset, split="test")
-    cell: dict[str, Any] = {"key": [key, config.judge, config.max_new_tokens, len(prompts), config.seed], "steerer": steer_name, "class": cls,
-                            "refusal": result.record.to_dict(), "loop_rate": result.degenerate_rate.value,
-                            "loop_ci95": list(result.degenerate_rate.ci95)}
-    if cls == "harmless" and steer:
-        kl = evaluate_kl(lm, prompts, steer, batch_size=config.batch_size, seed=config.seed, system=config.system, dataset=dataset, split="test")
-        cell["kl"] = kl.record.to_dict()
-    cell["seconds"] = time.time() - t0
+    return None
+
+
+def _write_cell(out: RunDir, steer_name: str, cls: str, key: list[Any], result: Any, extra: dict[str, Any], seconds: float) -> dict[str, Any]:
+    cell: dict[str, Any] = {"key": key, "steerer": steer_name, "class": cls, "refusal": result.record.to_dict(),
+                            "loop_rate": result.degenerate_rate.value, "loop_ci95": list(result.degenerate_rate.ci95), **extra, "seconds": seconds}
     out.file("completions").mkdir(exist_ok=True)
     with open(out.file(f"completions/{steer_name}-{cls}.jsonl"), "w") as handle:
         for row in result.records():
             handle.write(json.dumps(row) + "\n")
-    write_json(file, cell)
+    write_json(out.file(f"cells/{steer_name}-{cls}.json"), cell)
     return cell
+
+
+def _cell(lm: LoadedModel, out: RunDir, steer_name: str, steer: list[Intervention], cls: str, prompts: list[str], config: CompareConfig,
+          dataset: str, progress: bool) -> dict[str, Any]:
+    key = [fingerprint(steer) if steer else "none", config.judge, config.max_new_tokens, len(prompts), config.seed]
+    cached = _cached_cell(out, steer_name, cls, key)
+    if cached is not None:
+        return cached
+    t0 = time.time()
+    result = evaluate_refusal(lm, prompts, steer, judge=config.judge, max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
+                              seed=config.seed, system=config.system, progress=progress, dataset=dataset, split="test")
+    extra: dict[str, Any] = {}
+    if cls == "harmless" and steer:
+        kl = evaluate_kl(lm, prompts, steer, batch_size=config.batch_size, seed=config.seed, system=config.system, dataset=dataset, split="test")
+        extra["kl"] = kl.record.to_dict()
+    return _write_cell(out, steer_name, cls, key, result, extra, time.time() - t0)
+
+
+def per_prompt_steers(lm: LoadedModel, direction_dir: Path, features_dir: Path, prompts: list[str], out: RunDir, *, system: str | None = None,
+                      progress: bool = True) -> tuple[list[list[Intervention]], list[list[LatentRef]]]:
+    """Yeo et al.'s per-sample sets on ``prompts`` themselves: each prompt's own top-K* by attribution, clamped by the calibrated c.
+
+    The sets are chosen on the very prompts they are evaluated on (in-sample by construction, as in the paper), so
+    their refusal rate is an upper bound on what latents chosen elsewhere do; ``latents`` (the global set) is the
+    held-out figure.
+    """
+    features = load_features(features_dir)
+    hp = features.hyperparameters
+    saes = load_feature_saes(features, lm)
+    points = {name: features.point(name) for name in saes}
+    direction = load_ablation_direction(direction_dir).direction
+    refusal_ids = [int(i) for i in hp["refusal_token_ids"]]
+    steps, batch_size = int(hp.get("ig_steps", 10)), int(hp.get("attribution_batch_size", 4))
+    partial = out.file("attribution-partial") / stable_hash([prompts, steps, sorted(str(p) for p in points.values()), str(direction.sum().item())])
+    attr = attribute(lm, saes, points, prompts, direction, refusal_ids, steps=steps, batch_size=batch_size, skip_tokens=features.skip_tokens,
+                     system=system, progress=progress, partial_dir=partial)
+    pool = per_sae_top(cosine_scores(saes, direction), int(hp.get("pool_per_sae", 10))) if features.method == "cossim+attribution" else None
+    bypass = features.calibration.get("bypass", {})
+    k, scale = int(bypass.get("k", hp.get("k", 20))), float(bypass.get("scale", 0.0))
+    sets = [[LatentRef(s, i, v) for s, i, v in global_top({n: attr[n][row] for n in saes}, k, pool=pool)] for row in range(len(prompts))]
+    return [clamp_steer(features, refs, mode="scale", value=scale, saes=saes) for refs in sets], sets
+
+
+def _per_prompt_cell(lm: LoadedModel, out: RunDir, direction_dir: Path, features_dir: Path, prompts: list[str], config: CompareConfig,
+                     progress: bool) -> dict[str, Any]:
+    t0 = time.time()
+    steers, sets = per_prompt_steers(lm, direction_dir, features_dir, prompts, out, system=config.system, progress=progress)
+    prints = "\n".join(fingerprint(s) for s in steers)
+    key = ["per-prompt:" + stable_hash(prints), config.judge, config.max_new_tokens, len(prompts), config.seed]
+    cached = _cached_cell(out, "latents-per-prompt", "harmful", key)
+    if cached is not None:
+        return cached
+    result = evaluate_refusal_per_prompt(lm, prompts, steers, judge=config.judge, max_new_tokens=config.max_new_tokens, seed=config.seed,
+                                         system=config.system, progress=progress, dataset=config.harmful, split="test")
+    extra = {"in_sample": True, "sets": [[[r.sae, r.index] for r in refs] for refs in sets]}
+    return _write_cell(out, "latents-per-prompt", "harmful", key, result, extra, time.time() - t0)
 
 
 def kapros_verdict(cells: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -234,7 +287,8 @@ def _report(out: RunDir, cells: dict[tuple[str, str], dict[str, Any]], verdict: 
         kl_cell = cells.get((name, "harmless"), {}).get("kl")
         kl = f"{kl_cell['value']:.4f} ({kl_cell['ci95'][0]:.4f}-{kl_cell['ci95'][1]:.4f})" if kl_cell else ""
         loops = " / ".join(f"{cells[(name, c)]['loop_rate']:.3f}" if (name, c) in cells else "-" for c in ("harmful", "harmless"))
-        lines.append(f"| {name} | {rate('harmful')} | {rate('harmless')} | {kl} | {loops} |")
+        shown = f"{name} (in-sample sets)" if cells.get((name, "harmful"), {}).get("in_sample") else name
+        lines.append(f"| {shown} | {rate('harmful')} | {rate('harmless')} | {kl} | {loops} |")
     eff = verdict["effectiveness"]
     lines += ["", "Effectiveness (baseline harmful refusal minus the steerer's): " + ", ".join(f"{k} {v:.3f}" for k, v in eff.items()) + "."]
     if verdict.get("topdown_over_sae") is not None:
@@ -269,6 +323,8 @@ def compare_steerers(lm: LoadedModel, direction_dir: str | Path, features_dir: s
             cells[(name, cls)] = _cell(lm, out, name, steer, cls, test[cls], config, dataset, progress)
             r = cells[(name, cls)]["refusal"]
             logger.info("%s on %s: refusal %.3f (n=%d)", name, cls, r["value"], r["n"])
+    if "latents-per-prompt" in config.steerers and "attribution" in load_features(features_dir).method:
+        cells[("latents-per-prompt", "harmful")] = _per_prompt_cell(lm, out, direction_dir, features_dir, test["harmful"], config, progress)
     verdict = kapros_verdict(cells)
     rows = []
     for (name, cls), cell in cells.items():
