@@ -52,6 +52,8 @@ class FieldSpec:
     type: str = ""
     required: bool = True
     doc: str = ""
+    minimum: float | None = None
+    """For ``int``/``float`` scalars: the smallest value allowed (checked by :func:`check_scalars`)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,24 @@ def spec_of(intervention: Any) -> KindSpec:
 
 
 # --------------------------------------------------------------------------------------------- scalar checks
+
+
+def check_scalars(obj: Any) -> None:
+    """Check and normalise, in place, every scalar field a registered kind declares (a kind's ``__post_init__`` calls it).
+
+    Frozen dataclasses are written with ``object.__setattr__``; a value below a field's ``minimum`` is a
+    :class:`ConfigError` naming the field.
+    """
+    spec = _BY_CLASS.get(type(obj))
+    if spec is None:
+        raise ValueError(f"{type(obj).__name__} is not a registered intervention kind")
+    for f in spec.fields:
+        if f.role != "scalar":
+            continue
+        value = check_scalar(spec.name, f.name, f.type, getattr(obj, f.name))
+        if f.minimum is not None and value < f.minimum:
+            raise ConfigError(f"{spec.name}.{f.name} must be >= {f.minimum:g}, got {value}", fix=f"give {f.name} a value >= {f.minimum:g}")
+        object.__setattr__(obj, f.name, value)
 
 
 def check_scalar(kind: str, name: str, type_: str, value: Any) -> Any:
@@ -524,6 +544,7 @@ __all__ = [
     "ResourceType",
     "ShortForm",
     "check_scalar",
+    "check_scalars",
     "describe",
     "fingerprint",
     "from_spec",

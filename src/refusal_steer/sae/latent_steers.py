@@ -25,7 +25,7 @@ from torch import Tensor
 from ..errors import ConfigError, ShapeMismatchError
 from ..hooks import HookCall, HookPoint
 from ..interventions.positions import PositionSpec, position_mask, where_steered
-from ..interventions.registry import FieldSpec, check_scalar, register_kind
+from ..interventions.registry import FieldSpec, check_scalars, register_kind
 from ..models.loaded import LoadedModel
 from .base import Sae
 from .io import check_width
@@ -83,20 +83,11 @@ class LatentClamp:
     _rows: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hp", check_scalar(self.kind, "point", "point", self.point))
-        object.__setattr__(self, "point", self._hp)
-        latents = check_scalar(self.kind, "latents", "ints", self.latents)
-        object.__setattr__(self, "latents", latents)
-        mode = check_scalar(self.kind, "mode", "str", self.mode)
-        if mode not in ("scale", "set"):
-            raise ConfigError(f"latent_clamp.mode must be 'scale' or 'set', got {mode!r}", fix="write mode: scale (multiply) or mode: set (constant)")
-        object.__setattr__(self, "value", check_scalar(self.kind, "value", "float", self.value))
-        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
-        skip = check_scalar(self.kind, "skip_tokens", "int", self.skip_tokens)
-        if skip < 0:
-            raise ConfigError(f"latent_clamp.skip_tokens must be >= 0, got {skip}")
-        object.__setattr__(self, "skip_tokens", skip)
-        object.__setattr__(self, "keep_error", check_scalar(self.kind, "keep_error", "bool", self.keep_error))
+        check_scalars(self)
+        object.__setattr__(self, "_hp", self.point)
+        latents = self.latents
+        if self.mode not in ("scale", "set"):
+            raise ConfigError(f"latent_clamp.mode must be 'scale' or 'set', got {self.mode!r}", fix="write mode: scale (multiply) or mode: set (constant)")
         _check_latents(self.sae, latents, self.kind)
         object.__setattr__(self, "_index", torch.tensor(latents, dtype=torch.long, device=self.sae.device))
         object.__setattr__(self, "_rows", decoder_rows(self.sae, latents).to(self.sae.device))
@@ -150,13 +141,9 @@ class LatentAdd:
     _delta: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hp", check_scalar(self.kind, "point", "point", self.point))
-        object.__setattr__(self, "point", self._hp)
-        latent = check_scalar(self.kind, "latent", "int", self.latent)
-        object.__setattr__(self, "latent", latent)
-        object.__setattr__(self, "max_activation", check_scalar(self.kind, "max_activation", "float", self.max_activation))
-        object.__setattr__(self, "coef", check_scalar(self.kind, "coef", "float", self.coef))
-        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
+        check_scalars(self)
+        object.__setattr__(self, "_hp", self.point)
+        latent = self.latent
         _check_latents(self.sae, (latent,), self.kind)
         object.__setattr__(self, "_delta", decoder_rows(self.sae, (latent,))[0] * (self.coef * self.max_activation))
 
@@ -186,7 +173,7 @@ register_kind(LatentClamp, [
     FieldSpec("mode", "scalar", "str", required=False, doc="scale (multiply by value) or set (to value)"),
     FieldSpec("value", "scalar", "float", required=False, doc="the factor (scale) or the value in SAE units (set)"),
     FieldSpec("positions", "scalar", "positions", required=False, doc="token positions steered"),
-    FieldSpec("skip_tokens", "scalar", "int", required=False, doc="leave each prompt's first tokens alone"),
+    FieldSpec("skip_tokens", "scalar", "int", required=False, minimum=0, doc="leave each prompt's first tokens alone"),
     FieldSpec("keep_error", "scalar", "bool", required=False, doc="keep the SAE error term (default true)"),
 ], doc="SAE latent clamp: f_S <- value * f_S (scale) or value (set); x' = dec(f') + (x - dec(f))")
 

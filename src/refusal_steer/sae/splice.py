@@ -21,10 +21,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..hooks import HookCall, HookPoint
 from ..interventions.positions import PositionSpec, where_steered
-from ..interventions.registry import FieldSpec, ResourceType, check_scalar, register_kind, register_resource
+from ..interventions.registry import FieldSpec, ResourceType, check_scalars, register_kind, register_resource
 from ..models.loaded import LoadedModel
 from .base import Sae
 from .io import check_width, load_sae
@@ -60,14 +59,8 @@ class SaeSplice:
     _hp: HookPoint = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hp", check_scalar(self.kind, "point", "point", self.point))
-        object.__setattr__(self, "point", self._hp)
-        object.__setattr__(self, "keep_error", check_scalar(self.kind, "keep_error", "bool", self.keep_error))
-        skip = check_scalar(self.kind, "skip_tokens", "int", self.skip_tokens)
-        if skip < 0:
-            raise ConfigError(f"sae_splice.skip_tokens must be >= 0, got {skip}")
-        object.__setattr__(self, "skip_tokens", skip)
-        object.__setattr__(self, "positions", check_scalar(self.kind, "positions", "positions", self.positions))
+        check_scalars(self)
+        object.__setattr__(self, "_hp", self.point)
 
     @property
     def points(self) -> tuple[HookPoint, ...]:
@@ -115,7 +108,7 @@ register_kind(SaeSplice, [
     FieldSpec("sae", "resource", "sae", doc="an SAE folder (ours, SAELens, Gemma Scope .npz) or a shipped name"),
     FieldSpec("point", "scalar", "point", doc="where it is spliced"),
     FieldSpec("keep_error", "scalar", "bool", required=False, doc="add the reconstruction error back"),
-    FieldSpec("skip_tokens", "scalar", "int", required=False, doc="leave each prompt's first tokens unspliced"),
+    FieldSpec("skip_tokens", "scalar", "int", required=False, minimum=0, doc="leave each prompt's first tokens unspliced"),
     FieldSpec("positions", "scalar", "positions", required=False, doc="token positions spliced"),
 ], doc="SAE splice: x <- sae(x) (+ the error term when keep_error)")
 
