@@ -131,10 +131,12 @@ def test_decision_holds_without_the_kv_cache_and_is_counted_once(make_tiny_lm):
     lm = make_tiny_lm("qwen2")
     condition = Projection(_v(lm, 1))
     scores = [float(s[-1]) for s in _token_scores(lm, condition)]
-    gate = Gate(condition, READ, threshold=_between(scores), steer=_steer(lm))
+    # a strong child before the read point: it may steer the answer tokens, never the last prompt token
+    gate = Gate(condition, READ, threshold=_between(scores), steer=[Add(_v(lm, 8, 30.0), "resid_pre.0"), *_steer(lm)])
     kwargs = dict(max_new_tokens=5, system=SYSTEM, progress=False, batch_size=2)
     cached = _tokens(generate(lm, PROMPTS, [gate], **kwargs))
     assert gate.counts == (2, 4) and gate.firing_rate == 0.5
+    assert cached != _tokens(generate(lm, PROMPTS, [Gate(condition, READ, threshold=gate.threshold, steer=_steer(lm))], **kwargs))
     # every step re-runs the prompt from position 0: the children before the read point still steer the answer
     assert _tokens(generate(lm, PROMPTS, [gate], use_cache=False, **kwargs)) == cached
     assert gate.counts == (4, 8)

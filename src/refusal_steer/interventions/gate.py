@@ -123,7 +123,7 @@ class Gate:
         object.__setattr__(self, "reduce", reduce)
         skip = check_scalar(self.kind, "skip_tokens", "int", self.skip_tokens)
         if skip < 0:
-            raise ConfigError(f"gate.skip_tokens must be >= 0, got {skip}")
+            raise ConfigError(f"gate.skip_tokens must be >= 0, got {skip}", fix="give skip_tokens 0 (read the whole prompt) or more")
         object.__setattr__(self, "skip_tokens", skip)
         object.__setattr__(self, "invert", check_scalar(self.kind, "invert", "bool", self.invert))
         children = tuple(self.steer) if isinstance(self.steer, Sequence) and not isinstance(self.steer, str) else ()
