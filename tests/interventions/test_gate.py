@@ -230,3 +230,24 @@ def test_constructor_errors_name_the_field(make_tiny_lm):
         Gate(Projection(_v(lm, 1)), READ, threshold=0.0, steer=[add], reduce="median")
     with pytest.raises(ConfigError, match="gate.condition must be a condition"):
         Gate(_v(lm, 1), READ, threshold=0.0, steer=[add])
+
+
+def test_the_documented_gate_steer_file_loads_and_runs(make_tiny_lm, tmp_path):
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from refusal_steer.interventions import fingerprint, load_steer_file, save_steer_file
+
+    text = (Path(__file__).parents[2] / "docs" / "steers.md").read_text()
+    section = text[text.index("## Gates"):]
+    example = section[section.index("```yaml") + len("```yaml"):section.index("```", section.index("```yaml") + 7)]
+    lm = make_tiny_lm("qwen2", n_layers=13)  # the example reads at layer 8 and steers at layer 12
+    save_file({"t0": _v(lm, 1), "t1": _v(lm, 2)}, str(tmp_path / "gate.safetensors"))
+    (tmp_path / "gate.yaml").write_text(example)
+    (gate,) = load_steer_file(tmp_path / "gate.yaml", lm)
+    assert isinstance(gate, Gate) and isinstance(gate.condition, Projection)
+    assert (gate.reduce, gate.skip_tokens, gate.threshold, gate.invert) == ("max", 24, 2.5, False) and isinstance(gate.steer[0], Add)
+    generate(lm, PROMPTS[:2], [gate], max_new_tokens=2, system=SYSTEM, progress=False)
+    assert gate.counts[1] == 2
+    assert fingerprint(load_steer_file(save_steer_file(tmp_path / "again.json", [gate]), lm)) == fingerprint([gate])

@@ -198,8 +198,10 @@ class Gate:
         if prompt.shape != x.shape[:2] or not bool(prompt.any()):
             return
         from_start, from_end = prompt_indices(positions)
-        read = prompt & (from_start >= self.skip_tokens)
-        ends = prompt & from_end.eq(-1)
+        # Masks live on the input's device, x on its layer's (a model spread over devices): read on x's.
+        read = (prompt & (from_start >= self.skip_tokens)).to(x.device)
+        ends = (prompt & from_end.eq(-1)).to(x.device)
+        prompt = prompt.to(x.device)
         batch = x.shape[0]
         # A call at offset 0 starts reading the prompt from its first token (a new sequence, or a re-run without the KV cache).
         previous = memory.get(_PARTIAL) if positions.offset > 0 else None
@@ -261,7 +263,7 @@ class Gate:
         if forward_order(call.point) >= forward_order(self.point):
             _, from_end = prompt_indices(positions)
             tokens = tokens | (positions.prompt & from_end.eq(-1))
-        window = tokens & fired.unsqueeze(1)
+        window = tokens.to(x.device) & fired.to(x.device).unsqueeze(1)
         return window.unsqueeze(-1) if bool(window.any()) else None
 
 
