@@ -241,8 +241,8 @@ def spec_of(intervention: Any) -> KindSpec:
     """The registered kind of an intervention object."""
     spec = _BY_CLASS.get(type(intervention))
     if spec is None:
-        raise ConfigError(f"{type(intervention).__name__} is not a registered intervention kind and cannot be saved or fingerprinted",
-                          fix=f"use one of the registered kinds: {', '.join(sorted(_KINDS))}")
+        raise ConfigError(f"{type(intervention).__name__} is not a registered intervention kind or gate condition and cannot be saved or fingerprinted",
+                          fix=f"use one of the registered kinds ({', '.join(sorted(_KINDS))}) or conditions ({', '.join(sorted(_CONDITIONS))})")
     return spec
 
 
