@@ -27,7 +27,10 @@ from .hooks import HookPoint, apply, record
 from .interventions import (
     Ablate,
     Add,
+    Cosine,
     Gate,
+    Probe,
+    Projection,
     ProjectionCap,
     SetProjection,
     all_layers_ablation,
@@ -39,16 +42,20 @@ from .interventions import (
 )
 from .models import load_model
 from .runs.direction import DirectionConfig, find_direction
-from .sae import LatentAdd, LatentClamp, SaeSplice, load_sae
+from .sae import LatentAdd, LatentClamp, SaeLatent, SaeSplice, load_sae
 
 __all__ = [
     "Ablate",
     "Add",
+    "Cosine",
     "DirectionConfig",
     "Gate",
     "HookPoint",
+    "Probe",
+    "Projection",
     "ProjectionCap",
     "ResultRecord",
+    "SaeLatent",
     "SaeSplice",
     "FeatureSet",
     "load_features",

@@ -155,7 +155,8 @@ def shared_prefix_length(
 def _indices_outside_prefix(lm: LoadedModel, min_suffix: int) -> bool:
     """False if an installed intervention steers a prompt index counted from the end that, for some
     row, would fall inside the shared prefix (one prefix cannot be steered differently per row), or
-    declares ``prefix_safe = False`` (a gate decides per row only once the whole prompt is seen)."""
+    declares ``prefix_safe = False`` (an intervention that would steer prompt tokens per row before the
+    whole prompt is seen; a gate does not: it never steers a prompt token before its last)."""
     for intervention in walk(installed_interventions(lm)):
         if not getattr(intervention, "prefix_safe", True):  # an optional capability; the protocol's default is True
             return False

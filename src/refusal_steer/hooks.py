@@ -143,9 +143,11 @@ class HookCall:
     """What an intervention is told when its hook fires: the point, the position masks and its memory.
 
     ``memory`` is a dict private to the intervention that lives for one sequence: it is emptied when a
-    forward call starts a new sequence (nothing in the KV cache yet), so what a steer stores while the
-    prompt is computed (a gate's per-row decision) holds for every decoding step of that answer and
-    never leaks into the next batch or the next ``generate`` call.
+    forward call starts a new sequence (nothing in the KV cache yet and no generated token in the call),
+    so what a steer stores while the prompt is computed (a gate's per-row decision) holds for every
+    decoding step of that answer, also when generation runs without the KV cache (each step then re-runs
+    the prompt and the tokens generated so far from position 0), and never leaks into the next batch or
+    the next ``generate`` call.
     """
 
     point: HookPoint
@@ -315,7 +317,9 @@ def install(lm: LoadedModel, interventions: Sequence[Intervention]) -> HookHandl
 def _register_all(lm: LoadedModel, interventions: Sequence[Intervention], state: _HookState, handle: HookHandle) -> None:
     def root_pre_hook(_module: Any, args: tuple, kwargs: dict) -> None:
         state.positions = _compute_positions(state, args, kwargs)
-        if state.positions is None or state.positions.offset == 0:  # a new sequence: steers forget what they kept
+        positions = state.positions
+        # A new sequence (not a decoding step, nor a step re-run from 0 without the KV cache): steers forget what they kept.
+        if positions is None or (positions.offset == 0 and not bool(positions.generated.any())):
             state.memory.clear()
 
     def root_post_hook(_module: Any, _args: Any, _output: Any) -> None:

@@ -15,9 +15,13 @@ from refusal_steer.generation import generate
 from refusal_steer.interventions import (
     Ablate,
     Add,
+    Cosine,
     Gate,
+    Probe,
+    Projection,
     ProjectionCap,
     SetProjection,
+    conditions,
     fingerprint,
     kinds,
     load_steer_file,
@@ -28,7 +32,7 @@ from refusal_steer.interventions import (
     short_forms,
 )
 from refusal_steer.interventions.registry import FieldSpec, ShortForm
-from refusal_steer.sae import LatentAdd, LatentClamp, SaeSplice, TopKConfig, build_sae, save_sae
+from refusal_steer.sae import LatentAdd, LatentClamp, SaeLatent, SaeSplice, TopKConfig, build_sae, save_sae
 
 PROMPTS = ["How do I bake bread?", "Hi there, tell me a story."]
 
@@ -53,7 +57,15 @@ def _one_of_each(lm, tmp_path) -> dict[str, list]:
         "add": [Add(_v(lm, 2), "resid_pre.1", coef=-2.5, positions=(-1, -2))],
         "set_projection": [SetProjection(_v(lm, 3), "resid_pre.2", value=4.0)],
         "cap": [ProjectionCap(_v(lm, 4), ["resid_pre.0", "resid_pre.1"], ceilings=[0.1, -0.3], positions="generated")],
-        "gate": [Gate(_v(lm, 5), "resid_pre.1", threshold=-1.0, interventions=[Add(_v(lm, 6, 8.0), "resid_pre.2", coef=1.0)])],
+        "gate": [  # one gate per registered condition (the test below checks every condition is here), each firing on every row
+            Gate(Projection(_v(lm, 5)), "resid_pre.1", threshold=-1e6, steer=[Add(_v(lm, 6, 8.0), "resid_pre.2", coef=1.0)]),
+            Gate(Cosine(_v(lm, 5)), "resid_pre.1", threshold=-1.0, reduce="mean", skip_tokens=2,
+                 steer=[Ablate(_v(lm, 1), ["resid_pre.0", "mlp_out.2"], positions="generated")]),
+            Gate(Probe(_v(lm, 7), bias=-0.5), "resid_pre.2", threshold=0.0, reduce="max", invert=True,
+                 steer=[Gate(Cosine(_v(lm, 8)), "resid_pre.2", threshold=-1.0, steer=[SetProjection(_v(lm, 3), "resid_pre.2", value=-6.0)])]),
+            Gate(SaeLatent(_sae(lm, tmp_path), latent=1), "resid_pre.1", threshold=-1.0, reduce="max",
+                 steer=[LatentAdd(_sae(lm, tmp_path), "resid_pre.1", latent=3, max_activation=10.0, coef=-4.0)]),
+        ],
         "sae_splice": [SaeSplice(_sae(lm, tmp_path), "resid_pre.1", keep_error=False, skip_tokens=2)],
         "latent_clamp": [LatentClamp(_sae(lm, tmp_path), "resid_pre.1", latents=tuple(range(32)), mode="set", value=40.0, skip_tokens=2)],
         "latent_add": [LatentAdd(_sae(lm, tmp_path), "resid_pre.1", latent=3, max_activation=10.0, coef=4.0)],
@@ -64,6 +76,7 @@ def test_every_kind_saves_loads_and_keeps_its_fingerprint_and_output(make_tiny_l
     lm = make_tiny_lm("qwen2")
     examples = _one_of_each(lm, tmp_path)
     assert sorted(examples) == sorted(kinds()), "every registered kind needs a round-trip example"
+    assert sorted(type(g.condition).kind for g in examples["gate"]) == sorted(conditions()), "every registered condition needs a gate example"
     base = [c.token_ids for c in generate(lm, PROMPTS, max_new_tokens=4, progress=False)]
     for name, steer in examples.items():
         for suffix in (".yaml", ".json"):
@@ -71,12 +84,15 @@ def test_every_kind_saves_loads_and_keeps_its_fingerprint_and_output(make_tiny_l
             loaded = load_steer_file(path, lm)
             assert [type(i) for i in loaded] == [type(i) for i in steer]
             assert fingerprint(loaded) == fingerprint(steer), name
+            if name == "gate":  # each gate alone too: its condition's fields reach the fingerprint
+                for one, back in zip(steer, loaded):
+                    assert fingerprint([back]) == fingerprint([one]) and type(back.condition) is type(one.condition)
         before = [c.token_ids for c in generate(lm, PROMPTS, steer, max_new_tokens=4, progress=False)]
         after = [c.token_ids for c in generate(lm, PROMPTS, loaded, max_new_tokens=4, progress=False)]
         assert before == after, name
         if name not in ("sae_splice",):  # a tiny SAE spliced with keep_error=False need not change greedy tokens
             logits_changed = before != base or name == "cap"
-            assert logits_changed or name in ("gate",), f"{name} changed nothing: the test would prove nothing"
+            assert logits_changed, f"{name} changed nothing: the test would prove nothing"
 
 
 def test_fingerprint_is_stable_across_processes(make_tiny_lm, tmp_path):
@@ -108,6 +124,31 @@ def test_fingerprint_changes_with_every_field(make_tiny_lm, tmp_path):
     sae = _sae(lm, tmp_path)
     other = build_sae(TopKConfig(d_in=lm.d_model, d_sae=32, k=4, point="resid_pre.1"))
     assert fingerprint([SaeSplice(sae, "resid_pre.1")]) != fingerprint([SaeSplice(other, "resid_pre.1")])  # resource content
+    add = Add(v, "resid_pre.2")
+    gates = [
+        Gate(Projection(v), "resid_pre.1", threshold=1.0, steer=[add]),
+        Gate(Cosine(v), "resid_pre.1", threshold=1.0, steer=[add]),                 # the condition's kind
+        Gate(Projection(v * -1), "resid_pre.1", threshold=1.0, steer=[add]),        # the condition's tensor
+        Gate(Projection(v), "resid_pre.1", threshold=1.5, steer=[add]),             # the threshold
+        Gate(Projection(v), "resid_pre.1", threshold=1.0, steer=[add], reduce="max"),
+        Gate(Projection(v), "resid_pre.1", threshold=1.0, steer=[add], invert=True),
+        Gate(Projection(v), "resid_pre.1", threshold=1.0, steer=[add], skip_tokens=3),
+        Gate(Projection(v), "resid_pre.1", threshold=1.0, steer=[Add(v, "resid_pre.2", coef=2.0)]),  # the nested steer
+        Gate(Probe(v, bias=0.5), "resid_pre.1", threshold=1.0, steer=[add]),
+        Gate(Probe(v, bias=0.25), "resid_pre.1", threshold=1.0, steer=[add]),
+        Gate(SaeLatent(sae, latent=1), "resid_pre.1", threshold=1.0, steer=[add]),
+        Gate(SaeLatent(sae, latent=2), "resid_pre.1", threshold=1.0, steer=[add]),
+        Gate(SaeLatent(other, latent=1), "resid_pre.1", threshold=1.0, steer=[add]),
+    ]
+    assert len({fingerprint([g]) for g in gates}) == len(gates)
+
+
+def _gate(**fields):
+    """A valid gate entry with ``fields`` replaced (a None value removes the field)."""
+    entry = {"kind": "gate", "condition": {"kind": "projection", "direction": "t0"}, "point": "resid_pre.0", "threshold": 0.1,
+             "steer": [{"kind": "add", "vector": "t0", "point": "resid_pre.1"}]}
+    entry.update(fields)
+    return {k: v for k, v in entry.items() if v is not None}
 
 
 BAD_SPECS = [
@@ -128,13 +169,25 @@ BAD_SPECS = [
     ("empty points", {"kind": "ablate", "direction": "t0", "points": []}, ConfigError, "ablate.points is empty"),
     ("ceilings mismatch", {"kind": "cap", "direction": "t0", "points": ["resid_pre.0", "resid_pre.1"], "ceilings": [0.1]}, ShapeMismatchError, "2 points but 1 ceilings"),
     ("ceiling nan", {"kind": "cap", "direction": "t0", "points": ["resid_pre.0"], "ceilings": [float("nan")]}, ConfigError, "cap.ceilings must be a finite number"),
-    ("gate without children", {"kind": "gate", "direction": "t0", "point": "resid_pre.0", "threshold": 0.1, "interventions": []}, ConfigError, "non-empty list"),
-    ("gate threshold not a cosine", {"kind": "gate", "direction": "t0", "point": "resid_pre.0", "threshold": 3.0,
-                                     "interventions": [{"kind": "add", "vector": "t0", "point": "resid_pre.1"}]}, ConfigError, "[-1, 1]"),
-    ("bad nested entry", {"kind": "gate", "direction": "t0", "point": "resid_pre.0", "threshold": 0.1,
-                          "interventions": [{"kind": "add", "vector": "t0"}]}, ConfigError, "interventions[0] (add): missing field 'point'"),
-    ("above not a bool", {"kind": "gate", "direction": "t0", "point": "resid_pre.0", "threshold": 0.1, "above": "yes",
-                          "interventions": [{"kind": "add", "vector": "t0", "point": "resid_pre.1"}]}, ConfigError, "gate.above must be true or false"),
+    ("gate: unknown condition", _gate(condition={"kind": "cosin", "direction": "t0"}), ConfigError, "condition: unknown condition 'cosin'"),
+    ("gate: condition not a mapping", _gate(condition="cosine"), ConfigError, "field 'condition' must be a condition mapping"),
+    ("gate: condition without kind", _gate(condition={"direction": "t0"}), ConfigError, "condition: no 'kind'"),
+    ("gate: condition field missing", _gate(condition={"kind": "probe"}), ConfigError, "condition (probe): missing field 'weight'"),
+    ("gate: condition bias inf", _gate(condition={"kind": "probe", "weight": "t0", "bias": float("inf")}), ConfigError, "probe.bias must be a finite number"),
+    ("gate: sae_latent sae missing", _gate(condition={"kind": "sae_latent", "sae": "/nonexistent/sae", "latent": 1}), RefusalSteerError, "sae_latent.sae"),
+    ("gate: missing threshold", _gate(threshold=None), ConfigError, "(gate): missing field 'threshold'"),
+    ("gate: threshold inf", _gate(threshold=float("inf")), ConfigError, "gate.threshold must be a finite number"),
+    ("gate: threshold nan", _gate(threshold=float("nan")), ConfigError, "gate.threshold must be a finite number"),
+    ("gate: cosine threshold out of range", _gate(condition={"kind": "cosine", "direction": "t0"}, threshold=3.0), ConfigError, "[-1, 1]"),
+    ("gate: empty steer", _gate(steer=[]), ConfigError, "field 'steer' must be a non-empty list"),
+    ("gate: nested unknown kind", _gate(steer=[{"kind": "addd", "vector": "t0"}]), ConfigError, "steer[0]: unknown intervention kind 'addd'"),
+    ("gate: bad nested entry", _gate(steer=[{"kind": "add", "vector": "t0"}]), ConfigError, "steer[0] (add): missing field 'point'"),
+    ("gate: unknown reduce", _gate(reduce="median"), ConfigError, "gate.reduce must be one of last, max, mean"),
+    ("gate: invert not a bool", _gate(invert="yes"), ConfigError, "gate.invert must be true or false"),
+    ("gate: negative skip", _gate(skip_tokens=-1), ConfigError, "gate.skip_tokens must be >= 0"),
+    ("gate: condition wrong width", _gate(condition={"kind": "projection", "direction": "t1"}), ShapeMismatchError, "projection.direction has width"),
+    ("gate (old layout): above not a bool", {"kind": "gate", "direction": "t0", "point": "resid_pre.0", "threshold": 0.1, "above": "yes",
+                                             "interventions": [{"kind": "add", "vector": "t0", "point": "resid_pre.1"}]}, ConfigError, "gate.above must be true or false"),
     ("sae missing", {"kind": "sae_splice", "sae": "/nonexistent/sae", "point": "resid_pre.0"}, RefusalSteerError, "sae_splice.sae"),
     ("skip_tokens a float", {"kind": "sae_splice", "sae": "/nonexistent", "point": "resid_pre.0", "skip_tokens": 1.5}, RefusalSteerError, "sae"),
     ("wrong width", {"kind": "add", "vector": "t1", "point": "resid_pre.0"}, ShapeMismatchError, "width"),
@@ -188,6 +241,21 @@ def test_old_clamp_files_and_short_form_load_as_cap_with_a_warning(make_tiny_lm,
         (cap,) = load_steer_file(tmp_path / "old.yaml", lm)
     assert isinstance(cap, ProjectionCap) and cap.ceilings == (0.5,)
     assert "clamp" in short_forms() and short_forms()["clamp"].deprecated
+
+
+def test_old_gate_entries_load_as_a_cosine_gate_with_a_warning(make_tiny_lm, tmp_path):
+    import yaml
+    from safetensors.torch import save_file
+
+    lm = make_tiny_lm("qwen2")
+    save_file({"t0": _v(lm, 1), "t1": _v(lm, 2)}, str(tmp_path / "old.safetensors"))
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({"version": 2, "tensors": "old.safetensors", "interventions": [
+        {"kind": "gate", "direction": "t0", "point": "resid_pre.1", "threshold": 0.1, "above": False,
+         "interventions": [{"kind": "add", "vector": "t1", "point": "resid_pre.2"}]}]}))
+    with pytest.warns(DeprecationWarning, match="older field layout"):
+        (gate,) = load_steer_file(tmp_path / "old.yaml", lm)
+    assert isinstance(gate.condition, Cosine) and gate.invert and gate.reduce == "last" and isinstance(gate.steer[0], Add)
+    assert fingerprint([gate]) == fingerprint([Gate(Cosine(_v(lm, 1)), "resid_pre.1", threshold=0.1, invert=True, steer=[Add(_v(lm, 2), "resid_pre.2")])])
 
 
 def test_short_form_options_and_errors(make_tiny_lm, tmp_path):

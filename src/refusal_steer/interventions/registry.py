@@ -8,7 +8,10 @@ Every serialisable intervention kind is registered here with the fields it is bu
 - **resource** fields: things loaded by reference, such as an SAE by folder or shipped name
   (``sae: default``); the layer that owns the format registers a :class:`ResourceType` that loads it,
   names it and hashes its content;
-- **nested** fields: a list of interventions (what a gate wraps).
+- **nested** fields: a list of interventions (what a gate wraps);
+- **condition** fields: one *condition* (what a gate reads: a projection, a cosine, a probe, an SAE
+  latent), itself a registered value with its own fields (:func:`register_condition`), written as a
+  mapping with a ``kind`` (``condition: {kind: cosine, direction: t0}``).
 
 :func:`to_spec` and :func:`from_spec` turn interventions into a JSON/YAML-able document plus named
 tensors and back; :func:`fingerprint` hashes the spec, the tensor bytes and each resource's content, so
@@ -36,7 +39,8 @@ from ..hooks import HookPoint, Intervention, residual_writes
 from ..models.loaded import LoadedModel
 from .positions import parse_positions
 
-FieldRole = Literal["tensor", "scalar", "resource", "nested"]
+FieldRole = Literal["tensor", "scalar", "resource", "nested", "condition"]
+Family = Literal["intervention", "condition"]
 ScalarType = Literal["float", "int", "bool", "str", "point", "points", "positions", "floats", "ints"]
 
 RESIDUAL_WRITES = "residual_writes"
@@ -65,6 +69,11 @@ class KindSpec:
     fields: tuple[FieldSpec, ...]
     doc: str
     aliases: tuple[str, ...] = ()
+    family: Family = "intervention"
+    """``intervention`` (a steer's entries) or ``condition`` (what a gate's ``condition`` field holds)."""
+    upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    """Rewrites an entry in an older field layout into the current one (None when it is current); the
+    old layout still loads, with a deprecation warning."""
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
@@ -113,6 +122,7 @@ class ShortForm:
 
 
 _KINDS: dict[str, KindSpec] = {}
+_CONDITIONS: dict[str, KindSpec] = {}
 _ALIASES: dict[str, str] = {}
 _BY_CLASS: dict[type, KindSpec] = {}
 _RESOURCES: dict[str, ResourceType] = {}
@@ -122,10 +132,12 @@ _SHORT_FORMS: dict[str, ShortForm] = {}
 # --------------------------------------------------------------------------------------------- registration
 
 
-def register_kind(cls: type, fields: Sequence[FieldSpec], *, doc: str = "", aliases: Sequence[str] = ()) -> KindSpec:
+def register_kind(cls: type, fields: Sequence[FieldSpec], *, doc: str = "", aliases: Sequence[str] = (),
+                  upgrade: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None) -> KindSpec:
     """Make ``cls`` (with a ``kind`` class attribute) serialisable; registering a kind or alias twice is an error.
 
-    ``aliases`` are older names that still load, with a deprecation warning (``clamp`` for ``cap``).
+    ``aliases`` are older names that still load, with a deprecation warning (``clamp`` for ``cap``);
+    ``upgrade`` rewrites an entry in an older field layout (see :attr:`KindSpec.upgrade`).
     """
     name = getattr(cls, "kind", None)
     if not isinstance(name, str) or not name:
@@ -133,15 +145,40 @@ def register_kind(cls: type, fields: Sequence[FieldSpec], *, doc: str = "", alia
     for taken in (name, *aliases):
         if taken in _KINDS or taken in _ALIASES:
             raise ValueError(f"intervention kind {taken!r} is already registered ({kind_spec(taken).cls.__name__})")
-    spec = KindSpec(name=name, cls=cls, fields=tuple(fields), doc=doc or (cls.__doc__ or "").strip().splitlines()[0], aliases=tuple(aliases))
-    for f in spec.fields:
-        if f.role == "resource" and not f.type:
-            raise ValueError(f"{name}.{f.name}: a resource field names its resource type")
+    spec = KindSpec(name=name, cls=cls, fields=tuple(fields), doc=doc or (cls.__doc__ or "").strip().splitlines()[0], aliases=tuple(aliases),
+                    upgrade=upgrade)
+    _check_fields(spec)
     _KINDS[name] = spec
     _BY_CLASS[cls] = spec
     for alias in aliases:
         _ALIASES[alias] = name
     return spec
+
+
+def register_condition(cls: type, fields: Sequence[FieldSpec], *, doc: str = "") -> KindSpec:
+    """Register a gate condition (a class with a ``kind`` class attribute and ``score(x)``); registering a name twice is an error.
+
+    Conditions have their own names (``cosine``, ``probe``...), apart from intervention kinds: they are
+    only read inside a gate's ``condition`` field.
+    """
+    name = getattr(cls, "kind", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} has no 'kind' class attribute")
+    if name in _CONDITIONS:
+        raise ValueError(f"condition {name!r} is already registered ({_CONDITIONS[name].cls.__name__})")
+    spec = KindSpec(name=name, cls=cls, fields=tuple(fields), doc=doc or (cls.__doc__ or "").strip().splitlines()[0], family="condition")
+    _check_fields(spec)
+    _CONDITIONS[name] = spec
+    _BY_CLASS[cls] = spec
+    return spec
+
+
+def _check_fields(spec: KindSpec) -> None:
+    for f in spec.fields:
+        if f.role == "resource" and not f.type:
+            raise ValueError(f"{spec.name}.{f.name}: a resource field names its resource type")
+        if spec.family == "condition" and f.role in ("nested", "condition"):
+            raise ValueError(f"{spec.name}.{f.name}: a condition holds no interventions or conditions")
 
 
 def register_resource(resource: ResourceType) -> None:
@@ -164,6 +201,22 @@ def register_short_form(form: ShortForm) -> None:
 def kinds() -> dict[str, KindSpec]:
     """Every registered kind by name (aliases not included)."""
     return dict(_KINDS)
+
+
+def conditions() -> dict[str, KindSpec]:
+    """Every registered gate condition by name."""
+    return dict(_CONDITIONS)
+
+
+def condition_spec(name: str) -> KindSpec:
+    """The registered condition ``name``; unknown is a :class:`ConfigError` listing the registered ones."""
+    if name in _CONDITIONS:
+        return _CONDITIONS[name]
+    raise ConfigError(f"unknown condition {name!r}", fix=f"use one of {', '.join(sorted(_CONDITIONS)) or '(none registered)'}")
+
+
+def _spec_in(family: Family, name: str) -> KindSpec:
+    return kind_spec(name) if family == "intervention" else condition_spec(name)
 
 
 def short_forms() -> dict[str, ShortForm]:
@@ -190,8 +243,8 @@ def spec_of(intervention: Any) -> KindSpec:
     """The registered kind of an intervention object."""
     spec = _BY_CLASS.get(type(intervention))
     if spec is None:
-        raise ConfigError(f"{type(intervention).__name__} is not a registered intervention kind and cannot be saved or fingerprinted",
-                          fix=f"use one of the registered kinds: {', '.join(sorted(_KINDS))}")
+        raise ConfigError(f"{type(intervention).__name__} is not a registered intervention kind or gate condition and cannot be saved or fingerprinted",
+                          fix=f"use one of the registered kinds ({', '.join(sorted(_KINDS))}) or conditions ({', '.join(sorted(_CONDITIONS))})")
     return spec
 
 
@@ -336,6 +389,8 @@ def _entry(intervention: Any, writer: _Writer, *, resolve_resource: bool) -> dic
                 entry[f.name] = reference
             else:
                 entry[f.name] = {"type": f.type, "sha256": resource.content_hash(value)}
+        elif f.role == "condition":
+            entry[f.name] = _entry(value, writer, resolve_resource=resolve_resource)
         else:
             entry[f.name] = [_entry(child, writer, resolve_resource=resolve_resource) for child in value]
     return entry
@@ -353,18 +408,30 @@ def from_spec(entries: Any, tensors: Mapping[str, Tensor], *, lm: LoadedModel | 
     return [_build(entry, tensors, lm, base_dir, f"{where} intervention {i}") for i, entry in enumerate(entries)]
 
 
-def _build(entry: Any, tensors: Mapping[str, Tensor], lm: LoadedModel | None, base_dir: Path | None, where: str) -> Any:
+def _build(entry: Any, tensors: Mapping[str, Tensor], lm: LoadedModel | None, base_dir: Path | None, where: str,
+           family: Family = "intervention") -> Any:
+    table = _KINDS if family == "intervention" else _CONDITIONS
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: an entry must be a mapping with a 'kind', got {entry!r}")
+        raise ConfigError(f"{where}: an entry must be a mapping with a 'kind', got {entry!r}",
+                          fix="write e.g. {kind: cosine, direction: t0}" if family == "condition" else None)
     if "kind" not in entry:
-        raise ConfigError(f"{where}: no 'kind'", fix=f"add kind: one of {', '.join(sorted(_KINDS))}")
+        raise ConfigError(f"{where}: no 'kind'", fix=f"add kind: one of {', '.join(sorted(table))}")
     name = entry["kind"]
     try:
-        spec = kind_spec(str(name))
+        spec = _spec_in(family, str(name))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", fix=exc.fix) from None
     if name != spec.name:
         warnings.warn(f"intervention kind {name!r} is deprecated; write {spec.name!r} (same behaviour)", DeprecationWarning, stacklevel=3)
+    if spec.upgrade is not None:
+        try:
+            upgraded = spec.upgrade(entry)
+        except RefusalSteerError as exc:
+            raise type(exc)(f"{where}: {exc.message}", fix=exc.fix) from None
+        if upgraded is not None:
+            warnings.warn(f"{where}: this {spec.name} entry uses an older field layout; it loads as {spec.signature()} "
+                          f"(re-save the steer to write the new one)", DeprecationWarning, stacklevel=3)
+            entry = upgraded
     known = {f.name for f in spec.fields}
     unknown = sorted(set(entry) - known - {"kind"})
     if unknown:
@@ -402,9 +469,15 @@ def _build(entry: Any, tensors: Mapping[str, Tensor], lm: LoadedModel | None, ba
                 kwargs[f.name] = resource.load(value, base_dir, lm)
             except RefusalSteerError as exc:
                 raise type(exc)(f"{where} ({spec.name}.{f.name}): {exc.message}", fix=exc.fix) from exc
+        elif f.role == "condition":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} ({spec.name}): field {f.name!r} must be a condition mapping with a 'kind', got {value!r}",
+                                  fix=f"write {f.name}: {{kind: one of {', '.join(sorted(_CONDITIONS))}, ...}}")
+            kwargs[f.name] = _build(value, tensors, lm, base_dir, f"{where}.{f.name}", family="condition")
         else:
             if not isinstance(value, list) or not value:
-                raise ConfigError(f"{where} ({spec.name}): field {f.name!r} must be a non-empty list of interventions")
+                raise ConfigError(f"{where} ({spec.name}): field {f.name!r} must be a non-empty list of interventions",
+                                  fix=f"give {f.name} at least one entry, e.g. [{{kind: add, vector: t0, point: resid_pre.12}}]")
             kwargs[f.name] = tuple(_build(child, tensors, lm, base_dir, f"{where}.{f.name}[{j}]") for j, child in enumerate(value))
     try:
         return spec.cls(**kwargs)
@@ -434,16 +507,18 @@ def fingerprint(interventions: Sequence[Intervention]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _replace_names(entries: list[dict[str, Any]], hashes: dict[str, str]) -> list[dict[str, Any]]:
+def _replace_names(entries: list[dict[str, Any]], hashes: dict[str, str], family: Family = "intervention") -> list[dict[str, Any]]:
     out = []
     for entry in entries:
-        spec = kind_spec(entry["kind"])
+        spec = _spec_in(family, entry["kind"])
         new = dict(entry)
         for f in spec.fields:
             if f.role == "tensor":
                 new[f.name] = hashes[entry[f.name]]
             elif f.role == "nested":
                 new[f.name] = _replace_names(entry[f.name], hashes)
+            elif f.role == "condition":
+                new[f.name] = _replace_names([entry[f.name]], hashes, "condition")[0]
         out.append(new)
     return out
 
@@ -463,6 +538,8 @@ def describe(interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
                 entry[f.name] = _compact_points(plain) if f.type == "points" else plain
             elif f.role == "resource":
                 entry[f.name] = _RESOURCES[f.type].reference(value) or f"<unsaved {f.type}>"
+            elif f.role == "condition":
+                entry[f.name] = describe([value])[0]
             else:
                 entry[f.name] = describe(value)
         out.append(entry)
@@ -545,12 +622,15 @@ __all__ = [
     "ShortForm",
     "check_scalar",
     "check_scalars",
+    "condition_spec",
+    "conditions",
     "describe",
     "fingerprint",
     "from_spec",
     "kind_spec",
     "kinds",
     "parse_short_form",
+    "register_condition",
     "register_kind",
     "register_resource",
     "register_short_form",

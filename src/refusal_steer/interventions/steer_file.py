@@ -18,11 +18,12 @@ A steer file (``steer.yaml`` or ``steer.json``) holds the spec of :mod:`.registr
         direction: t2
         points: [resid_pre.10, resid_pre.11]
         ceilings: [0.4, 0.6]
-      - kind: gate                    # nested interventions, applied where the prompt meets a condition
-        direction: t3
+      - kind: gate                    # a nested steer, applied to the answers of the prompts that meet a condition
+        condition: {kind: projection, direction: t3}
         point: resid_pre.8
-        threshold: 0.1
-        interventions:
+        threshold: 2.5
+        reduce: last
+        steer:
           - {kind: add, vector: t1, point: resid_pre.12, coef: 4.0}
       - kind: sae_splice              # a resource: an SAE folder (relative to this file) or a shipped name
         sae: default

@@ -16,6 +16,7 @@ from .batchtopk import BatchTopKConfig, BatchTopKSae
 from .config import SaeConfig
 from .io import check_width, detect_format, hook_name_to_point, load_gemma_scope, load_sae, point_to_hook_name, sae_info, save_sae, save_saelens
 from .jumprelu import JumpReluConfig, JumpReluSae
+from .latent_condition import SaeLatent
 from .latent_steers import LatentAdd, LatentClamp, decoder_rows
 from .metrics import SaeMetrics, evaluate_sae
 from .registry import build as build_sae
@@ -30,6 +31,7 @@ __all__ = [
     "SaeSplice",
     "LatentClamp",
     "LatentAdd",
+    "SaeLatent",
     "decoder_rows",
     "sae_content_hash",
     "SaeOutput",
