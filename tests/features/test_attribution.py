@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refusal_steer.batching import build_batch, forward, logits_to_keep
+from refusal_steer.batching import build_batch, common_prefix_length, forward, logits_to_keep
 from refusal_steer.directions.screening import frozen_parameters
 from refusal_steer.errors import ConfigError
 from refusal_steer.features.attribution import attribute, attribute_batch
@@ -138,7 +138,8 @@ class _OldInterpolate:
 
 
 def _step_by_step(lm, saes, points, token_lists, direction, refusal_ids, steps, skip_tokens):
-    """The attribution as first written: one forward and backward pass per alpha through the SAEs (the reference)."""
+    """The attribution as first written: one forward and backward pass per alpha through the SAEs (the reference;
+    ``bench/bench_attribution.py`` times it as ``old``)."""
     by_point = {p: n for n, p in points.items()}
     batch = build_batch(lm, token_lists, share_prefix=False)
     mask = prompt_mask(batch.attention_mask, skip_tokens).unsqueeze(-1).float()
@@ -150,7 +151,7 @@ def _step_by_step(lm, saes, points, token_lists, direction, refusal_ids, steps, 
             forward(lm, batch, **keep)
         with apply(lm, [Ablate(direction, residual_writes(lm)), patch]):
             target = forward(lm, batch, **keep).logits[:, -1].argmax(-1)
-    grads = {name: torch.zeros_like(z) for name, z in clean.latents.items()}
+    grads = {name: torch.zeros_like(z, dtype=torch.float32) for name, z in clean.latents.items()}
     with frozen_parameters(lm.model), torch.enable_grad():
         for k in range(steps):
             step = _OldInterpolate(saes, by_point, patch, k / steps)
@@ -158,14 +159,18 @@ def _step_by_step(lm, saes, points, token_lists, direction, refusal_ids, steps, 
                 last = forward(lm, batch, **keep).logits[:, -1].float()
             (last.gather(1, target[:, None])[:, 0] - torch.logsumexp(last[:, ids], -1)).sum().backward()
             for name, f_alpha in step.latents.items():
-                grads[name] += f_alpha.grad
-    return {name: ((patch.latents[name] - clean.latents[name]) * grads[name] / steps * mask).sum(1) / mask.sum(1)
+                grads[name] += f_alpha.grad.float()
+    return {name: ((patch.latents[name].float() - clean.latents[name].float()) * grads[name] / steps * mask).sum(1) / mask.sum(1)
             for name in clean.latents}
 
 
+SYSTEM = "You are a careful assistant. Answer every question briefly and politely."
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["padded", "shared_prefix"])
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
 @pytest.mark.parametrize("step_batch", [1, 3, 10])
-def test_batched_steps_equal_the_step_by_step_attribution(make_tiny_lm, family, step_batch):
+def test_batched_steps_equal_the_step_by_step_attribution(make_tiny_lm, family, step_batch, shared):
     lm = make_tiny_lm(family)
     torch.manual_seed(1)
     saes = {"a": build_sae(TopKConfig(d_in=lm.d_model, d_sae=48, k=6, point="resid_pre.1")),
@@ -177,13 +182,19 @@ def test_batched_steps_equal_the_step_by_step_attribution(make_tiny_lm, family, 
         saes["b"].threshold.fill_(0.05)
     points = {name: HookPoint.parse(sae.cfg.point) for name, sae in saes.items()}
     direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(2))
-    tokens = encode_prompts(lm, PROMPTS)
+    tokens = encode_prompts(lm, PROMPTS, system=SYSTEM if shared else None)
     assert len({len(t) for t in tokens}) == 3  # different lengths: the shorter rows are left-padded
-    out = attribute_batch(lm, saes, points, tokens, direction, [5, 9], steps=10, skip_tokens=2, step_batch=step_batch)
-    reference = _step_by_step(lm, saes, points, tokens, direction, [5, 9], steps=10, skip_tokens=2)
+    # with the system prompt, the template's common prefix is long enough to be computed once (all of it unscored)
+    skip = common_prefix_length(tokens) - 1 if shared else 2
+    assert (build_batch(lm, tokens, max_prefix=skip).prefix_length > 0) == shared
+    out = attribute_batch(lm, saes, points, tokens, direction, [5, 9], steps=10, skip_tokens=skip, step_batch=step_batch)
+    reference = _step_by_step(lm, saes, points, tokens, direction, [5, 9], steps=10, skip_tokens=skip)
     for name in saes:
         assert reference[name].abs().max() > 0
         torch.testing.assert_close(out[name], reference[name], atol=1e-5, rtol=1e-4)
+    unshared = attribute_batch(lm, saes, points, tokens, direction, [5, 9], steps=10, skip_tokens=skip, step_batch=step_batch, share_prefix=False)
+    for name in saes:
+        torch.testing.assert_close(out[name], unshared[name], atol=1e-5, rtol=1e-4)
 
 
 def test_two_saes_at_one_point_or_no_steps_are_refused(make_tiny_lm):
