@@ -198,18 +198,58 @@ def generate(
     Example:
         >>> [c.text for c in generate(lm, ["How do I bake bread?"], max_new_tokens=32)]  # doctest: +SKIP
     """
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    _check_settings(max_new_tokens, do_sample, temperature, top_p)
     prompts = list(prompts)
     if not prompts:
         return []
     texts = [as_prompt(p) for p in prompts]
     encoded = encode_prompts(lm, texts, system=system)
+    return generate_from_ids(
+        lm, encoded, interventions, prompts=texts, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, seed=seed, batch_size=batch_size, use_cache=use_cache, share_prefix=share_prefix, progress=progress,
+    )
+
+
+def generate_from_ids(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    interventions: Sequence[Intervention] = (),
+    *,
+    prompts: Sequence[PromptLike] | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    share_prefix: bool = True,
+    progress: bool = False,
+) -> list[Completion]:
+    """:func:`generate` on prompts that are already token ids (no chat formatting): what :func:`generate`
+    runs after chat-formatting, and what the server runs for raw-text completions.
+
+    Args:
+        token_lists: one list of prompt token ids per prompt (each non-empty).
+        prompts: what to record as each :attr:`Completion.prompt` (default: the decoded ids).
+        The rest: as :func:`generate`.
+
+    Example:
+        >>> ids = lm.tokenizer("Once upon a time")["input_ids"]  # doctest: +SKIP
+        >>> generate_from_ids(lm, [ids], max_new_tokens=8)[0].text  # doctest: +SKIP
+    """
+    _check_settings(max_new_tokens, do_sample, temperature, top_p)
+    encoded = [list(t) for t in token_lists]
+    if not encoded:
+        return []
+    if any(not t for t in encoded):
+        raise ConfigError("every prompt needs at least one token")
+    texts = list(prompts) if prompts is not None else [lm.tokenizer.decode(t) for t in encoded]
+    if len(texts) != len(encoded):
+        raise ConfigError(f"{len(texts)} prompts but {len(encoded)} token lists")
     kwargs = generation_kwargs(lm, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, use_cache=use_cache)
     eos = set(kwargs["eos_token_id"])
-    results: list[Completion | None] = [None] * len(prompts)
+    results: list[Completion | None] = [None] * len(encoded)
     order = length_order([len(t) for t in encoded])
 
     def run_batch(indices: list[int]) -> Tensor:
@@ -223,7 +263,7 @@ def generate(
             out = lm.model.generate(**inputs, **kwargs)
         return out[:, width:].cpu()
 
-    bar = _progress(len(prompts), "generating", progress)
+    bar = _progress(len(encoded), "generating", progress)
     rng = torch.random.fork_rng(devices=_rng_devices(lm)) if seed is not None else nullcontext()
     with bar, rng, apply(lm, interventions), torch.inference_mode():
         if seed is not None:
@@ -232,6 +272,13 @@ def generate(
             for row, index in enumerate(indices):
                 results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist(), eos)
     return [r for r in results if r is not None]
+
+
+def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
 
 
 def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[int], eos: set[int]) -> Completion:

@@ -1,0 +1,91 @@
+"""Fixtures for the server tests: a tiny random Qwen2 model, four presets, an app and an in-process uvicorn.
+
+Presets: ``plain`` (none), ``ablated`` (ablation of a random unit direction saved in the direction
+format), ``added`` (activation addition from the same folder, coefficient 8), ``filed`` (a steer
+file: an ``add`` at another layer). Nothing touches a hub or the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from refusal_steer.directions.io import save_direction
+from refusal_steer.interventions import Add, save_steer_file
+from refusal_steer.hooks import HookPoint
+
+pytest.importorskip("fastapi", reason="the server needs fastapi (pip install fastapi uvicorn)")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def lm(make_tiny_lm):
+    return make_tiny_lm("qwen2")
+
+
+@pytest.fixture(scope="module")
+def preset_specs(tmp_path_factory, lm):
+    folder = tmp_path_factory.mktemp("direction")
+    generator = torch.Generator().manual_seed(1)
+    direction = torch.randn(lm.d_model, generator=generator)
+    save_direction(folder, direction / direction.norm(), "resid_pre.1")
+    steer_file = folder / "steer.yaml"
+    vector = torch.randn(lm.d_model, generator=generator)
+    save_steer_file(steer_file, [Add(vector=vector, point=HookPoint.parse("resid_pre.2"), coef=6.0)])
+    return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=8", "filed": str(steer_file)}
+
+
+@pytest.fixture(scope="module")
+def presets(lm, preset_specs):
+    from refusal_steer.server import load_presets
+
+    return load_presets(lm, [f"{name}={spec}" for name, spec in preset_specs.items()])
+
+
+def make_client(lm, presets, **config):
+    from fastapi.testclient import TestClient
+
+    from refusal_steer.server import ServerConfig, create_app
+
+    app = create_app(lm, presets, ServerConfig(**config), model_id="tiny")
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(lm, presets):
+    with make_client(lm, presets) as c:
+        yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(lm, presets):
+    """A uvicorn server on 127.0.0.1:PORT in a thread (API key required); yields its base URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from refusal_steer.server import ServerConfig, create_app
+
+    app = create_app(lm, presets, ServerConfig(api_key=API_KEY, max_wait_ms=20), model_id="tiny")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
