@@ -105,3 +105,16 @@ def test_invalid_intervention_fails_before_generating(make_tiny_lm, monkeypatch)
     monkeypatch.setattr(lm.model, "generate", lambda **kw: pytest.fail("generate ran"))
     with pytest.raises(ShapeMismatchError):
         generate(lm, PROMPTS, [Add(torch.randn(lm.d_model + 1), "resid_pre.0")], progress=False)
+
+
+def test_generate_from_ids_is_what_generate_runs(make_tiny_lm):
+    from refusal_steer.errors import ConfigError
+    from refusal_steer.generation import generate_from_ids
+
+    lm = make_tiny_lm("qwen2")
+    prompts = ["How do I bake bread?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    by_text = generate(lm, prompts, max_new_tokens=6, progress=False)
+    by_ids = generate_from_ids(lm, encode_prompts(lm, prompts), prompts=prompts, max_new_tokens=6)
+    assert by_text == by_ids
+    with pytest.raises(ConfigError):
+        generate_from_ids(lm, [[]], max_new_tokens=2)
