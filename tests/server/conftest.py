@@ -1,7 +1,7 @@
 """Fixtures for the server tests: a tiny random Qwen2 model, four presets, an app and an in-process uvicorn.
 
 Presets: ``plain`` (none), ``ablated`` (ablation of a random unit direction saved in the direction
-format), ``added`` (activation addition from the same folder, coefficient 8), ``filed`` (a steer
+format), ``added`` (activation addition from the same folder, coefficient 0.05: the tiny model's residual stream is small), ``filed`` (a steer
 file: an ``add`` at another layer). Nothing touches a hub or the network beyond 127.0.0.1.
 """
 
@@ -38,8 +38,8 @@ def preset_specs(tmp_path_factory, lm):
     save_direction(folder, direction / direction.norm(), "resid_pre.1")
     steer_file = folder / "steer.yaml"
     vector = torch.randn(lm.d_model, generator=generator)
-    save_steer_file(steer_file, [Add(vector=vector, point=HookPoint.parse("resid_pre.2"), coef=6.0)])
-    return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=8", "filed": str(steer_file)}
+    save_steer_file(steer_file, [Add(vector=vector, point=HookPoint.parse("resid_pre.2"), coef=0.02)])
+    return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=0.05", "filed": str(steer_file)}
 
 
 @pytest.fixture(scope="module")
