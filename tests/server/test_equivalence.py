@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from refusal_steer.generation import generate, generate_from_ids
+from refusal_steer.hooks import installed_interventions
 from refusal_steer.interventions import fingerprint, parse_steer
 from refusal_steer.server.engine import BatchKey, Sampling, Work
 
@@ -61,6 +62,9 @@ def test_concurrent_requests_under_presets_equal_library_generate(lm, presets, p
     runs = scheduler.batches_run - before
     assert runs < len(answers), "requests of one preset should share batches"
     assert max(scheduler.batch_sizes[before:]) > 1
+    # No hooks outlive their batch: nothing is installed and the plain model answers as before.
+    assert installed_interventions(lm) == []
+    assert _expected(lm, "none", PROMPTS) == expected["plain"]
 
 
 def test_engine_batches_one_preset_and_cuts_budgets(lm, presets, preset_specs, client):

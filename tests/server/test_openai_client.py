@@ -115,3 +115,13 @@ def test_tokenizer_endpoints_for_lm_eval(live_server, lm):
     events = [line.removeprefix("data: ") for line in raw.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and json.loads(events[0])["object"] == "chat.completion.chunk"
     assert raw.headers["content-type"].startswith("text/event-stream")
+
+
+def test_tokenize_messages_is_the_served_chat_prompt(live_server, lm):
+    import httpx2 as httpx
+
+    from refusal_steer.generation import encode_prompts
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    got = httpx.post(f"{live_server}/tokenize", json={"messages": messages}, headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert got["tokens"] == encode_prompts(lm, [messages])[0]

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
+MAX_STOPS = 16
+
 
 class TextPart(BaseModel):
     """One part of a message's content; only ``{"type": "text", "text": ...}`` is served."""
@@ -65,8 +67,9 @@ class _Sampling(BaseModel):
     @classmethod
     def _stops(cls, value: Any) -> Any:
         stops = [value] if isinstance(value, str) else (value or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
+        # OpenAI takes 4; lm-evaluation-harness's local-completions sends a task's whole 'until' list plus EOS.
+        if len(stops) > MAX_STOPS or any(not s for s in stops):
+            raise ValueError(f"stop takes at most {MAX_STOPS} non-empty strings")
         return value
 
     @model_validator(mode="after")
