@@ -118,3 +118,22 @@ def test_generate_from_ids_is_what_generate_runs(make_tiny_lm):
     assert by_text == by_ids
     with pytest.raises(ConfigError):
         generate_from_ids(lm, [[]], max_new_tokens=2)
+
+
+def test_on_token_sees_every_token_and_ends_only_its_row(make_tiny_lm):
+    from refusal_steer.generation import generate_from_ids
+
+    lm = make_tiny_lm("qwen2")
+    encoded = encode_prompts(lm, ["How do I bake bread?", "Hi", "Write a poem about the sea."])
+    plain = generate_from_ids(lm, encoded, max_new_tokens=6)
+    seen: dict[int, list[int]] = {}
+
+    def on_token(index, position, token):
+        seen.setdefault(index, []).append(token)
+        assert position == len(seen[index]) - 1
+        return index == 1 and position == 1  # end the second prompt after two tokens
+
+    got = generate_from_ids(lm, encoded, max_new_tokens=6, on_token=on_token)
+    assert got[0] == plain[0] and got[2] == plain[2]
+    assert got[1].token_ids == plain[1].token_ids[:2] and got[1].finish_reason == "length"
+    assert {i: tuple(t) for i, t in seen.items()} == {i: c.token_ids for i, c in enumerate(got)}

@@ -71,8 +71,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server(lm, presets):
-    """A uvicorn server on 127.0.0.1:PORT in a thread (API key required); yields its base URL."""
+def live_server(live):
+    """The base URL of :func:`live`."""
+    return live[0]
+
+
+@pytest.fixture(scope="module")
+def live(lm, presets):
+    """A uvicorn server on 127.0.0.1:PORT in a thread (API key required); yields ``(base URL, app)``."""
     uvicorn = pytest.importorskip("uvicorn")
     from refusal_steer.server import ServerConfig, create_app
 
@@ -86,6 +92,6 @@ def live_server(lm, presets):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", app
     server.should_exit = True
     thread.join(timeout=10)

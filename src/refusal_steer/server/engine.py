@@ -9,8 +9,9 @@ Generation is :func:`refusal_steer.generation.generate_from_ids` under the prese
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation import encode_prompts, generate_from_ids
@@ -61,6 +62,10 @@ class Work:
     stops: tuple[str, ...] = ()
     logprobs: int | None = None
     """Top-k alternatives per token (0: only the chosen token's log-prob); None: no log-probs."""
+    cancelled: threading.Event | None = field(default=None, compare=False)
+    """Set when the client gave up: the row stops at its next token."""
+    sink: Callable[[int, int], None] | None = field(default=None, compare=False)
+    """Called from the worker thread with ``(position, token_id)`` for every new token (streaming)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class Engine:
                 self.lm, [works[i].prompt_ids for i in rows], interventions, max_new_tokens=max(works[i].max_new_tokens for i in rows),
                 do_sample=sampling.do_sample, temperature=sampling.temperature, top_p=sampling.top_p,
                 seed=sampling.seed if sampling.do_sample else 0, batch_size=len(rows), progress=False,
+                on_token=_RowControl([works[i] for i in rows], self.lm.tokenizer),
             )
             generated = dict(zip(rows, completions))
         results = [self._finish(w, generated.get(i)) for i, w in enumerate(works)]
@@ -151,6 +157,31 @@ class Engine:
                     tokens = tokens[:n]
                     break
         return Result(prompt_ids=work.prompt_ids, token_ids=tokens, text=text, finish_reason=finish)
+
+
+class _RowControl:
+    """``on_token`` for one batch: streams each row's tokens, and ends a row at its own budget, at a stop
+    string, or when its client gave up (the other rows' tokens are unchanged)."""
+
+    def __init__(self, works: Sequence[Work], tokenizer: Any) -> None:
+        self.works = works
+        self.tokenizer = tokenizer
+        self.tokens: list[list[int]] = [[] for _ in works]
+
+    def __call__(self, row: int, position: int, token: int) -> bool:
+        work = self.works[row]
+        del self.tokens[row][position:]  # a retry after out-of-memory starts again at 0
+        self.tokens[row].append(token)
+        if work.sink is not None:
+            work.sink(position, token)
+        if work.cancelled is not None and work.cancelled.is_set():
+            return True
+        if position + 1 >= work.max_new_tokens:
+            return True
+        if work.stops:
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            return _first_stop(text, work.stops) is not None
+        return False
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -99,11 +101,11 @@ async def _submit_all(request: Request, jobs: Sequence[tuple[BatchKey, Work]]) -
     """Submit every job, wait for all; a client disconnect cancels the ones not yet started."""
     scheduler: Scheduler = _state(request).scheduler
     timeout = _state(request).config.timeout_s
-    work = asyncio.ensure_future(asyncio.gather(*(scheduler.submit(k, w, timeout_s=timeout) for k, w in jobs)))
+    work = asyncio.ensure_future(asyncio.gather(*(scheduler.submit(k, w, timeout_s=timeout, cancelled=w.cancelled) for k, w in jobs)))
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done:  # the client left: cancelling the gather marks its queued jobs cancelled
+        if work not in done:  # the client left: cancelling the gather marks its jobs cancelled (running rows stop)
             work.cancel()
             raise APIError(499, "the client closed the connection", code="client_closed")
         return list(work.result())
@@ -121,22 +123,6 @@ def _steer_info(preset: Preset, baseline: Any = None) -> dict[str, Any]:
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
-
-
-def _pieces(engine: Engine, result: Result) -> list[str]:
-    """The answer split at token boundaries (each piece what one more token adds to the decoded text)."""
-    decode = engine.lm.tokenizer.decode
-    pieces, previous = [], ""
-    for n in range(1, len(result.token_ids) + 1):
-        text = decode(list(result.token_ids[:n]), skip_special_tokens=True)
-        if len(text) > len(result.text):
-            text = result.text
-        if text != previous and text.startswith(previous) and not text.endswith("\ufffd"):
-            pieces.append(text[len(previous):])
-            previous = text
-    if previous != result.text:
-        pieces.append(result.text[len(previous):] if result.text.startswith(previous) else result.text)
-    return pieces
 
 
 # ---- info endpoints ----------------------------------------------------------------------------------
@@ -223,7 +209,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise bad_request(exc.message, param="messages") from exc
     _check_length(state, prompt_ids, budget, "messages")
     sampling = Sampling.from_request(body.temperature, body.top_p, body.seed)
-    work = Work(prompt_ids=prompt_ids, max_new_tokens=budget, stops=body.stops())
+    work = Work(prompt_ids=prompt_ids, max_new_tokens=budget, stops=body.stops(), cancelled=threading.Event())
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -231,7 +217,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
                                  media_type="text/event-stream")
     jobs = [(_key(preset, sampling), work)]
     if body.compare:
-        jobs.append((_key(state.presets[BASE_PRESET], sampling), work))
+        jobs.append((_key(state.presets[BASE_PRESET], sampling), replace(work, cancelled=threading.Event())))
     results = await _submit_all(request, jobs)
     baseline = None
     if body.compare:
@@ -248,8 +234,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
 async def _chat_stream(request: Request, preset: Preset, key: BatchKey, work: Work, model: str, request_id: str, created: int,
                        include_usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI chat chunks; the answer is sent once its batch has finished, split at token boundaries."""
-    engine: Engine = _state(request).engine
+    """OpenAI chat chunks, sent as the tokens are generated; the last text chunk completes the final answer."""
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -257,19 +242,74 @@ async def _chat_stream(request: Request, preset: Preset, key: BatchKey, work: Wo
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
                 "refusal_steer": preset.info(), **extra}
 
-    try:
-        (result,) = await _submit_all(request, [(key, work)])
-    except APIError as exc:  # headers are sent already: the error travels as an event, then [DONE]
-        yield _sse(exc.body())
-        yield _sse("[DONE]")
-        return
     yield _sse(chunk({"role": "assistant", "content": ""}))
-    for piece in _pieces(engine, result):
-        yield _sse(chunk({"content": piece}))
-    yield _sse(chunk({}, result.finish_reason))
-    if include_usage:
-        yield _sse({**chunk({}), "choices": [], "usage": result.usage})
+    async for item in _stream_tokens(request, key, work):
+        if isinstance(item, Result):
+            yield _sse(chunk({}, item.finish_reason))
+            if include_usage:
+                yield _sse({**chunk({}), "choices": [], "usage": item.usage})
+        elif isinstance(item, APIError):  # headers are sent already: the error travels as an event
+            yield _sse(item.body())
+        else:
+            yield _sse(chunk({"content": item}))
     yield _sse("[DONE]")
+
+
+async def _stream_tokens(request: Request, key: BatchKey, work: Work) -> AsyncIterator[str | Result | APIError]:
+    """Run ``work`` and yield its text as it grows (pieces), then its :class:`Result` (or an :class:`APIError`).
+
+    Text is held back while it ends in an incomplete character or could be the start of a stop string,
+    so what was sent is always a prefix of the final answer; the final piece completes it.
+    """
+    engine: Engine = _state(request).engine
+    loop = asyncio.get_running_loop()
+    tokens: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+    work = replace(work, sink=lambda position, token: loop.call_soon_threadsafe(tokens.put_nowait, (position, token)))
+    task = asyncio.ensure_future(_submit_all(request, [(key, work)]))
+    ids: list[int] = []
+    sent = ""
+    try:
+        while True:
+            getter = asyncio.ensure_future(tokens.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                if tokens.empty():
+                    break
+                continue
+            position, token = getter.result()
+            del ids[position:]
+            ids.append(token)
+            text = _safe_prefix(engine.lm.tokenizer.decode(ids, skip_special_tokens=True), work.stops)
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent):]
+                sent = text
+        try:
+            (result,) = task.result()
+        except APIError as exc:
+            yield exc
+            return
+        if result.text.startswith(sent) and len(result.text) > len(sent):
+            yield result.text[len(sent):]
+        yield result
+    finally:
+        if not task.done():  # the client went away mid-stream: stop the row
+            if work.cancelled is not None:
+                work.cancelled.set()
+            task.cancel()
+
+
+def _safe_prefix(text: str, stops: Sequence[str]) -> str:
+    """The part of a growing answer that can be sent now (see :func:`_stream_tokens`)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
+    if cut is not None:
+        return text[:cut]
+    text = text.rstrip("\ufffd")
+    for stop in stops:  # hold back a tail that may grow into a stop string
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                return text[: len(text) - n]
+    return text
 
 
 # ---- legacy completions ------------------------------------------------------------------------------
@@ -306,14 +346,15 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if body.stream and len(prompts) != 1:
         raise bad_request("stream takes a single prompt", param="stream")
     sampling = Sampling.from_request(body.temperature, body.top_p, body.seed)
-    works = [Work(prompt_ids=ids, max_new_tokens=budget, stops=body.stops(), logprobs=body.logprobs) for _text, ids in prompts]
+    works = [Work(prompt_ids=ids, max_new_tokens=budget, stops=body.stops(), logprobs=body.logprobs, cancelled=threading.Event())
+             for _text, ids in prompts]
     request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         return StreamingResponse(_completion_stream(request, preset, _key(preset, sampling), works[0], prompts[0][0], body, request_id, created),
                                  media_type="text/event-stream")
     jobs = [(_key(preset, sampling), w) for w in works]
     if body.compare:
-        jobs += [(_key(state.presets[BASE_PRESET], sampling), w) for w in works]
+        jobs += [(_key(state.presets[BASE_PRESET], sampling), replace(w, cancelled=threading.Event())) for w in works]
     results = await _submit_all(request, jobs)
     choices = [_completion_choice(engine, i, text, r, body.echo, body.logprobs) for i, ((text, _ids), r) in enumerate(zip(prompts, results))]
     baseline = None
@@ -369,24 +410,20 @@ def _top_dict(decode: Any, top: Sequence[tuple[int, float]]) -> dict[str, float]
 
 async def _completion_stream(request: Request, preset: Preset, key: BatchKey, work: Work, prompt_text: str, body: CompletionRequest,
                              request_id: str, created: int) -> AsyncIterator[bytes]:
-    engine: Engine = _state(request).engine
-
     def chunk(text: str, finish: str | None = None) -> dict[str, Any]:
         return {"id": request_id, "object": "text_completion", "created": created, "model": body.model,
                 "system_fingerprint": preset.fingerprint,
                 "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], "refusal_steer": preset.info()}
 
-    try:
-        (result,) = await _submit_all(request, [(key, work)])
-    except APIError as exc:
-        yield _sse(exc.body())
-        yield _sse("[DONE]")
-        return
     if body.echo:
         yield _sse(chunk(prompt_text))
-    for piece in _pieces(engine, result):
-        yield _sse(chunk(piece))
-    yield _sse(chunk("", result.finish_reason))
-    if body.stream_options and body.stream_options.include_usage:
-        yield _sse({**chunk(""), "choices": [], "usage": result.usage})
+    async for item in _stream_tokens(request, key, work):
+        if isinstance(item, Result):
+            yield _sse(chunk("", item.finish_reason))
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse({**chunk(""), "choices": [], "usage": item.usage})
+        elif isinstance(item, APIError):
+            yield _sse(item.body())
+        else:
+            yield _sse(chunk(item))
     yield _sse("[DONE]")

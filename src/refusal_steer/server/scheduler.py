@@ -5,8 +5,8 @@ up to ``max_wait_s`` for more jobs with the same ``key`` (same preset, compatibl
 runs them as one batch through ``run_batch(key, works)`` and hands each result back to its handler's
 event loop. Only the worker touches the model, so one preset's hooks are installed at a time and
 never seen by another preset's batch. A job whose client gave up (timeout, disconnect) before its
-batch started is dropped; a batch already running finishes (model.generate cannot be interrupted
-between tokens without a stopping criterion), and its result is discarded.
+batch started is dropped; once its batch runs, its result is discarded: ``run_batch`` may watch the same event to stop that
+request's row early (the engine does, through ``generate_from_ids(on_token=...)``).
 """
 
 from __future__ import annotations
@@ -86,14 +86,17 @@ class Scheduler:
         with self._cond:
             return sum(1 for job in self._pending if not job.cancelled.is_set())
 
-    async def submit(self, key: Hashable, work: Any, *, timeout_s: float) -> Any:
+    async def submit(self, key: Hashable, work: Any, *, timeout_s: float, cancelled: threading.Event | None = None) -> Any:
         """Queue ``work`` under ``key`` and wait for its result.
+
+        ``cancelled`` (optional) is set when the caller gives up (timeout, disconnect); pass the event
+        ``run_batch`` watches to stop work already running.
 
         Raises:
             APIError: 429 when the queue is full, 503 when the result is not ready within ``timeout_s``.
         """
         loop = asyncio.get_running_loop()
-        job = _Job(key=key, work=work, loop=loop, future=loop.create_future())
+        job = _Job(key=key, work=work, loop=loop, future=loop.create_future(), cancelled=cancelled or threading.Event())
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the scheduler is stopped")
