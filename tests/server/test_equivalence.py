@@ -121,3 +121,26 @@ def test_seeded_sampling_is_reproducible(client):
     first = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     again = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     assert first == again
+
+
+def test_completion_logprobs_of_generated_tokens(lm, client):
+    """Without echo, logprobs cover only the generated tokens; greedy tokens are each the top alternative."""
+    body = client.post("/v1/completions", json={"model": "tiny@ablated", "prompt": "The quick brown fox", "max_tokens": 4,
+                                                "temperature": 0, "logprobs": 2}).json()
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == body["usage"]["completion_tokens"] == 4
+    assert lp["text_offset"][0] == 0
+    for token, token_lp, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+        assert len(top) == 2 and top[token] == token_lp == max(top.values())  # part-of-a-character tokens stay distinct
+
+
+def test_completions_with_several_prompts_and_compare(lm, preset_specs, client):
+    prompts = ["The sea", "Bread is"]
+    body = client.post("/v1/completions", json={"model": "tiny@filed", "prompt": prompts, "max_tokens": 3, "temperature": 0,
+                                                "compare": True}).json()
+    steer = parse_steer(preset_specs["filed"], lm)
+    ids = [list(lm.tokenizer(p)["input_ids"]) for p in prompts]
+    assert [c["text"] for c in body["choices"]] == [c.text for c in generate_from_ids(lm, ids, steer, max_new_tokens=3)]
+    assert [c["text"] for c in body["refusal_steer"]["baseline"]["choices"]] == [c.text for c in generate_from_ids(lm, ids, max_new_tokens=3)]
+    assert body["usage"]["completion_tokens"] == sum(len(c.token_ids) for c in generate_from_ids(lm, ids, steer, max_new_tokens=3))

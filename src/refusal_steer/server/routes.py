@@ -384,7 +384,7 @@ def _legacy_logprobs(engine: Engine, prompt_text: str, result: Result, echo: boo
 
     With ``echo`` the prompt's tokens come first; the very first token has no log-prob (``null``), as
     in OpenAI's answers and as lm-evaluation-harness expects. ``text_offset`` counts characters into the
-    choice's ``text``.
+    choice's ``text``. A token that is only part of a character is named by its vocabulary entry.
     """
     assert result.logprobs is not None
     decode = engine.lm.tokenizer.decode
@@ -393,18 +393,29 @@ def _legacy_logprobs(engine: Engine, prompt_text: str, result: Result, echo: boo
     first = 0 if echo else n_prompt
     # logprobs[i] / top[i] belong to ids[i + 1].
     token_logprobs: list[float | None] = [None] + list(result.logprobs.logprobs)
-    tops: list[dict[str, float] | None] = [None] + [_top_dict(decode, t) for t in result.logprobs.top] \
+    text_of = _token_text(engine.lm.tokenizer)
+    tops: list[dict[str, float] | None] = [None] + [_top_dict(text_of, t) for t in result.logprobs.top] \
         if result.logprobs.top else [None] + [{} for _ in result.logprobs.logprobs]
-    tokens = [decode([t]) for t in ids[first:]]
+    tokens = [text_of(t) for t in ids[first:]]
     start = len(decode(ids[:first])) if first else 0
     offsets = [max(0, len(decode(ids[:i])) - start) for i in range(first, len(ids))]
     return {"tokens": tokens, "token_logprobs": token_logprobs[first:], "top_logprobs": tops[first:], "text_offset": offsets}
 
 
-def _top_dict(decode: Any, top: Sequence[tuple[int, float]]) -> dict[str, float]:
+def _token_text(tokenizer: Any) -> Any:
+    """A token's text: its decoding, or its vocabulary entry when it is part of a character (byte-level BPE
+    pieces decode to U+FFFD alone, and distinct tokens must stay distinct keys of ``top_logprobs``)."""
+    def text_of(token_id: int) -> str:
+        text = tokenizer.decode([token_id])
+        return text if "\ufffd" not in text else str(tokenizer.convert_ids_to_tokens(token_id))
+
+    return text_of
+
+
+def _top_dict(text_of: Any, top: Sequence[tuple[int, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for token_id, logprob in top:  # best first: a later id decoding to the same text keeps the better value
-        out.setdefault(decode([token_id]), logprob)
+    for token_id, logprob in top:  # best first: a later id with the same text keeps the better value
+        out.setdefault(text_of(token_id), logprob)
     return out
 
 
