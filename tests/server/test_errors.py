@@ -181,6 +181,7 @@ def test_queue_full_is_429(lm, presets):
         second, second_out = _in_thread(lambda: c.post(CHAT, json=_chat()))
         _wait(lambda: c.app.state.scheduler.queued == 1)  # request 2 waits
         assert _error(c.post(CHAT, json=_chat()), 429)["code"] == "queue_full"
+        assert _error(c.post(CHAT, json=_chat(stream=True)), 429)["code"] == "queue_full"  # a real status, not an event
         gate.release.set()
         first.join(30), second.join(30)
         assert first_out["response"].status_code == second_out["response"].status_code == 200

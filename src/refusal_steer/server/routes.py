@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 
 from ..errors import ChatTemplateError
 from .engine import BatchKey, Engine, Result, Sampling, Work
-from .errors import APIError, bad_request, not_found
+from .errors import APIError, bad_request, not_found, queue_full
 from .presets import BASE_PRESET, Preset
 from .scheduler import Scheduler
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -82,6 +82,13 @@ def _check_length(state: Any, prompt_ids: Sequence[int], budget: int, param: str
     if window is not None and len(prompt_ids) + budget > window:
         raise bad_request(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({budget}) exceeds the model's context "
                           f"of {window} tokens", param="max_tokens", code="context_length_exceeded")
+
+
+def _check_room(state: Any) -> None:
+    """Refuse a stream up front when the queue is full (once its 200 headers are sent, errors can only be events)."""
+    scheduler: Scheduler = state.scheduler
+    if scheduler.queued >= scheduler.max_queue:
+        raise queue_full(scheduler.max_queue)
 
 
 def _key(preset: Preset, sampling: Sampling) -> BatchKey:
@@ -212,6 +219,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     work = Work(prompt_ids=prompt_ids, max_new_tokens=budget, stops=body.stops(), cancelled=threading.Event())
     request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
+        _check_room(state)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_chat_stream(request, preset, _key(preset, sampling), work, body.model, request_id, created, include_usage),
                                  media_type="text/event-stream")
@@ -350,6 +358,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
              for _text, ids in prompts]
     request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
+        _check_room(state)
         return StreamingResponse(_completion_stream(request, preset, _key(preset, sampling), works[0], prompts[0][0], body, request_id, created),
                                  media_type="text/event-stream")
     jobs = [(_key(preset, sampling), w) for w in works]
