@@ -1,8 +1,9 @@
-"""Fixtures for the server tests: a tiny random Qwen2 model, four presets, an app and an in-process uvicorn.
+"""Fixtures for the server tests: a tiny random Qwen2 model, five presets, an app and an in-process uvicorn.
 
 Presets: ``plain`` (none), ``ablated`` (ablation of a random unit direction saved in the direction
-format), ``added`` (activation addition from the same folder, coefficient 0.05: the tiny model's residual stream is small), ``filed`` (a steer
-file: an ``add`` at another layer). Nothing touches a hub or the network beyond 127.0.0.1.
+format), ``added`` (activation addition from the same folder, coefficient 0.05: the tiny model's residual
+stream is small), ``filed`` (a steer file: an ``add`` at another layer), ``clamped`` (a steer file: an SAE latent clamp, latents 0-3 set to 0.05,
+on a random TopK SAE saved beside it). Nothing touches a hub or the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from refusal_steer.directions.io import save_direction
 from refusal_steer.interventions import Add, save_steer_file
 from refusal_steer.hooks import HookPoint
+from refusal_steer.sae import LatentClamp, TopKConfig, build_sae, load_sae, save_sae
 
 pytest.importorskip("fastapi", reason="the server needs fastapi (pip install fastapi uvicorn)")
 
@@ -39,7 +41,12 @@ def preset_specs(tmp_path_factory, lm):
     steer_file = folder / "steer.yaml"
     vector = torch.randn(lm.d_model, generator=generator)
     save_steer_file(steer_file, [Add(vector=vector, point=HookPoint.parse("resid_pre.2"), coef=0.02)])
-    return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=0.05", "filed": str(steer_file)}
+    torch.manual_seed(3)
+    save_sae(build_sae(TopKConfig(d_in=lm.d_model, d_sae=128, k=8, point="resid_pre.1")), folder / "sae")
+    clamp_file = folder / "clamp.yaml"
+    save_steer_file(clamp_file, [LatentClamp(load_sae(folder / "sae"), "resid_pre.1", latents=(0, 1, 2, 3), mode="set", value=0.05)])
+    return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=0.05", "filed": str(steer_file),
+            "clamped": str(clamp_file)}
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,16 @@ def test_presets_are_parsed_like_steer_flags(lm, presets, preset_specs):
     for name, spec in preset_specs.items():
         assert presets[name].fingerprint == fingerprint(parse_steer(spec, lm))
     assert presets["none"].fingerprint == presets["plain"].fingerprint == fingerprint([])
-    assert len({presets[n].fingerprint for n in ("plain", "ablated", "added", "filed")}) == 4
+    assert len({presets[n].fingerprint for n in preset_specs}) == len(preset_specs)
 
 
 def test_concurrent_requests_under_presets_equal_library_generate(lm, presets, preset_specs, client):
-    """Four presets x three prompts, all in flight at once, batched by preset in the worker."""
+    """Five presets (none, ablation, actadd, a steer file, an SAE latent clamp) x three prompts, all in flight
+    at once, batched by preset in the worker."""
     app = client.app
     expected = {name: _expected(lm, spec, PROMPTS) for name, spec in preset_specs.items()}
     # The steers differ from each other on these prompts, so the test cannot pass with hooks mixed up.
-    assert len({tuple(v) for v in expected.values()}) == 4
+    assert len({tuple(v) for v in expected.values()}) == len(preset_specs)
     scheduler = app.state.scheduler
     before = scheduler.batches_run
 
