@@ -56,3 +56,24 @@ def test_duplicate_preset_names_are_refused(lm):
 
     with pytest.raises(ConfigError, match="twice"):
         load_presets(lm, ["a=none", "a=none"])
+
+
+def test_docs_name_only_real_serve_options():
+    """Every --option docs/serving.md and the README give `refusal-steer serve` exists (and the limits table is complete)."""
+    import re
+    from pathlib import Path
+
+    import typer
+
+    root = Path(__file__).resolve().parents[2]
+    command = typer.main.get_command(build_app()).commands["serve"]
+    real = {opt for param in command.params for opt in param.opts if opt.startswith("--")}
+    docs = (root / "docs" / "serving.md").read_text()
+    readme = (root / "README.md").read_text()
+    serve_lines = [line for text in (docs, readme) for line in text.splitlines() if "refusal-steer serve" in line]
+    table = docs[docs.index("## Limits and errors"): docs.index("## Examples")]
+    named = {opt for line in serve_lines + table.splitlines() for opt in re.findall(r"(?<![\w-])--[a-z][a-z-]+", line)}
+    assert named and named <= real, sorted(named - real)
+    limits = {"--max-body-bytes", "--max-prompt-tokens", "--max-tokens", "--default-max-tokens", "--max-queue", "--max-batch",
+              "--max-wait-ms", "--timeout"}
+    assert limits <= real and limits <= named
