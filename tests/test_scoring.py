@@ -89,6 +89,7 @@ def test_cross_entropy_raw_text_and_chat_pairs(make_tiny_lm):
 @pytest.mark.parametrize("family", ["qwen2", "gpt2"])
 def test_token_logprobs_match_unbatched_forward_and_steer_positions(make_tiny_lm, family):
     from refusal_steer.generation import generate_from_ids
+    from refusal_steer.hooks import HookPoint
     from refusal_steer.scoring import token_logprobs
 
     lm = make_tiny_lm(family)
@@ -105,7 +106,7 @@ def test_token_logprobs_match_unbatched_forward_and_steer_positions(make_tiny_lm
             assert [t for t, _ in top] == hand[position].topk(3).indices.tolist()
     # Continuation tokens are scored as generated tokens: a steer on generated positions changes only them,
     # and greedy generation's own tokens are each the argmax of their scored position.
-    steer = [Add(vector=torch.randn(lm.d_model) * 4, point=lm_point(lm), positions="generated")]
+    steer = [Add(vector=torch.randn(lm.d_model) * 4, point=HookPoint.parse("resid_pre.1"), positions="generated")]
     generated = generate_from_ids(lm, prompts[:1], steer, max_new_tokens=4)[0].token_ids
     scored = token_logprobs(lm, prompts[:1], [list(generated)], steer, top_k=1)[0]
     n = len(prompts[0])
@@ -113,9 +114,3 @@ def test_token_logprobs_match_unbatched_forward_and_steer_positions(make_tiny_lm
     plain = token_logprobs(lm, prompts[:1], [list(generated)], top_k=1)[0]
     assert scored.logprobs[: n - 1] == pytest.approx(plain.logprobs[: n - 1], abs=1e-5)
     assert scored.logprobs[n:] != pytest.approx(plain.logprobs[n:], abs=1e-3)
-
-
-def lm_point(lm):
-    from refusal_steer.hooks import HookPoint
-
-    return HookPoint.parse("resid_pre.1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..generation import encode_prompts, generate_from_ids
@@ -135,7 +135,7 @@ class Engine:
             for i, lp in zip(scored, logprobs):
                 k = works[i].logprobs or 0
                 lp = TokenLogprobs(token_ids=lp.token_ids, logprobs=lp.logprobs, top=tuple(t[:k] for t in lp.top) if k else ())
-                results[i] = Result(**{**results[i].__dict__, "logprobs": lp})
+                results[i] = replace(results[i], logprobs=lp)
         return results
 
     def _finish(self, work: Work, completion: Any) -> Result:
