@@ -87,3 +87,28 @@ def test_client_disconnect_mid_stream_stops_generation(live):
         assert len(finished[0].token_ids) < 200
     finally:
         scheduler.run_batch = inner
+
+
+def test_client_timeout_cancels_a_running_answer(live):
+    """A non-streaming client that gives up (here: its own 0.3 s timeout) stops its row too."""
+    import time
+
+    import httpx2 as httpx
+
+    url, app = live
+    scheduler = app.state.scheduler
+    finished = []
+    inner = scheduler.run_batch
+    scheduler.run_batch = lambda key, works: finished.extend(inner(key, works)) or finished[-len(works):]
+    body = {"model": "tiny@plain", "messages": [{"role": "user", "content": "Write a poem about the sea."}], "max_tokens": 200,
+            "temperature": 0}
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=0.3)
+        deadline = time.monotonic() + 60
+        while not finished:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert len(finished[0].token_ids) < 200
+    finally:
+        scheduler.run_batch = inner

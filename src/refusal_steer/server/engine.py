@@ -21,6 +21,10 @@ from ..scoring import TokenLogprobs, token_logprobs
 from .presets import Preset
 
 
+LOGITS_BUDGET = 2**28
+"""Logit floats one log-prob forward may hold (1 GiB in float32)."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Sampling settings; requests batch together only when these are equal (and their preset is)."""
@@ -130,8 +134,11 @@ class Engine:
         scored = [i for i, w in enumerate(works) if w.logprobs is not None]
         if scored:
             top_k = max(works[i].logprobs or 0 for i in scored)
+            # Every position's logits are kept (batch x length x vocab floats): bound them to ~1 GiB per forward.
+            longest = max(len(results[i].prompt_ids) + len(results[i].token_ids) for i in scored)
+            batch_size = max(1, min(len(scored), LOGITS_BUDGET // (longest * len(self.lm.tokenizer))))
             logprobs = token_logprobs(self.lm, [results[i].prompt_ids for i in scored], [results[i].token_ids for i in scored],
-                                      interventions, top_k=top_k)
+                                      interventions, top_k=top_k, batch_size=batch_size)
             for i, lp in zip(scored, logprobs):
                 k = works[i].logprobs or 0
                 lp = TokenLogprobs(token_ids=lp.token_ids, logprobs=lp.logprobs, top=tuple(t[:k] for t in lp.top) if k else ())
