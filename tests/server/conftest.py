@@ -20,19 +20,15 @@ from refusal_steer.interventions import Add, save_steer_file
 from refusal_steer.hooks import HookPoint
 from refusal_steer.sae import LatentClamp, TopKConfig, build_sae, load_sae, save_sae
 
-pytest.importorskip("fastapi", reason="the server needs fastapi (pip install fastapi uvicorn)")
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 API_KEY = "test-key-123"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lm(make_tiny_lm):
     return make_tiny_lm("qwen2")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def preset_specs(tmp_path_factory, lm):
     folder = tmp_path_factory.mktemp("direction")
     generator = torch.Generator().manual_seed(1)
@@ -49,7 +45,7 @@ def preset_specs(tmp_path_factory, lm):
             "clamped": str(clamp_file)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def presets(lm, preset_specs):
     from refusal_steer.server import load_presets
 
