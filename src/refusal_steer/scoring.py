@@ -197,7 +197,11 @@ def token_logprobs(
     Continuation tokens sit where :func:`refusal_steer.generation.generate` puts generated tokens
     (after the left-padded prompts, ``prompt_boundary`` at the prompts' width), so a steer with
     ``positions="prompt"``/``"generated"`` scores them as it generated them. This is what the
-    server's ``echo``/``logprobs`` answers are made of (likelihood tasks of lm-evaluation-harness).
+    server's ``echo``/``logprobs`` answers are made of (likelihood tasks of lm-evaluation-harness send
+    context and continuation as one prompt, so every token is a prompt token there, as in
+    :func:`continuation_loglik`). One exception: a gate whose nested interventions sit at points before
+    its own steers generated tokens (decided at prefill) but not continuation tokens scored here, since
+    the whole sequence is one forward pass and the decision is made inside it.
 
     Returns:
         One :class:`TokenLogprobs` per prompt, in input order.
