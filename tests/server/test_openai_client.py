@@ -25,6 +25,10 @@ def oa(live_server):
 def test_models_list(oa, presets):
     ids = [m.id for m in oa.models.list().data]
     assert ids == ["tiny"] + [f"tiny@{name}" for name in presets if name != "none"]
+    card = oa.models.retrieve("tiny@ablated")
+    assert card.id == "tiny@ablated" and card.model_extra["refusal_steer"] == presets["ablated"].info()
+    with pytest.raises(openai.NotFoundError):
+        oa.models.retrieve("tiny@nope")
 
 
 def test_chat_completion_matches_library(oa, lm, preset_specs):

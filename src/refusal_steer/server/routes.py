@@ -146,16 +146,25 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "queued": scheduler.queued, "batches_run": scheduler.batches_run}
 
 
-@router.get("/v1/models")
-async def models(request: Request) -> dict[str, Any]:
-    state = _state(request)
+def _model_cards(state: Any) -> list[dict[str, Any]]:
     created = int(time.time())
-    data = []
+    cards = []
     for name, preset in state.presets.items():
         model = state.model_id if name == BASE_PRESET else f"{state.model_id}@{name}"
-        data.append({"id": model, "object": "model", "created": created, "owned_by": "refusal-steer",
-                     "refusal_steer": preset.info()})
-    return {"object": "list", "data": data}
+        cards.append({"id": model, "object": "model", "created": created, "owned_by": "refusal-steer", "refusal_steer": preset.info()})
+    return cards
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": _model_cards(_state(request))}
+
+
+@router.get("/v1/models/{model:path}")
+async def model_card(model: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    preset = resolve_preset(state, model, None)
+    return next(card for card in _model_cards(state) if card["refusal_steer"]["preset"] == preset.name)
 
 
 @router.get("/tokenizer_info")
