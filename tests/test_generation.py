@@ -105,3 +105,35 @@ def test_invalid_intervention_fails_before_generating(make_tiny_lm, monkeypatch)
     monkeypatch.setattr(lm.model, "generate", lambda **kw: pytest.fail("generate ran"))
     with pytest.raises(ShapeMismatchError):
         generate(lm, PROMPTS, [Add(torch.randn(lm.d_model + 1), "resid_pre.0")], progress=False)
+
+
+def test_generate_from_ids_is_what_generate_runs(make_tiny_lm):
+    from refusal_steer.errors import ConfigError
+    from refusal_steer.generation import generate_from_ids
+
+    lm = make_tiny_lm("qwen2")
+    prompts = ["How do I bake bread?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    by_text = generate(lm, prompts, max_new_tokens=6, progress=False)
+    by_ids = generate_from_ids(lm, encode_prompts(lm, prompts), prompts=prompts, max_new_tokens=6)
+    assert by_text == by_ids
+    with pytest.raises(ConfigError):
+        generate_from_ids(lm, [[]], max_new_tokens=2)
+
+
+def test_on_token_sees_every_token_and_ends_only_its_row(make_tiny_lm):
+    from refusal_steer.generation import generate_from_ids
+
+    lm = make_tiny_lm("qwen2")
+    encoded = encode_prompts(lm, ["How do I bake bread?", "Hi", "Write a poem about the sea."])
+    plain = generate_from_ids(lm, encoded, max_new_tokens=6)
+    seen: dict[int, list[int]] = {}
+
+    def on_token(index, position, token):
+        seen.setdefault(index, []).append(token)
+        assert position == len(seen[index]) - 1
+        return index == 1 and position == 1  # end the second prompt after two tokens
+
+    got = generate_from_ids(lm, encoded, max_new_tokens=6, on_token=on_token)
+    assert got[0] == plain[0] and got[2] == plain[2]
+    assert got[1].token_ids == plain[1].token_ids[:2] and got[1].finish_reason == "length"
+    assert {i: tuple(t) for i, t in seen.items()} == {i: c.token_ids for i, c in enumerate(got)}

@@ -84,3 +84,33 @@ def test_cross_entropy_raw_text_and_chat_pairs(make_tiny_lm):
     assert result.n_tokens == len(tokens) - 1 + n_pair
     with pytest.raises(ConfigError):
         continuation_loglik(lm, PROMPTS, ["a"])
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2"])
+def test_token_logprobs_match_unbatched_forward_and_steer_positions(make_tiny_lm, family):
+    from refusal_steer.generation import generate_from_ids
+    from refusal_steer.hooks import HookPoint
+    from refusal_steer.scoring import token_logprobs
+
+    lm = make_tiny_lm(family)
+    prompts = [list(lm.tokenizer(t)["input_ids"]) for t in ["The quick brown fox", "Hi there", "A"]]
+    continuations = [[5, 6, 7], [], [9]]
+    got = token_logprobs(lm, prompts, continuations, top_k=3, batch_size=2)
+    for item, prompt, cont in zip(got, prompts, continuations):
+        tokens = prompt + cont
+        hand = _hand_logprobs(lm, tokens)
+        assert item.token_ids == tuple(tokens) and len(item.logprobs) == len(tokens) - 1 == len(item.top)
+        expected = hand[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])]
+        torch.testing.assert_close(torch.tensor(item.logprobs), expected, atol=1e-4, rtol=1e-4)
+        for position, top in enumerate(item.top):
+            assert [t for t, _ in top] == hand[position].topk(3).indices.tolist()
+    # Continuation tokens are scored as generated tokens: a steer on generated positions changes only them,
+    # and greedy generation's own tokens are each the argmax of their scored position.
+    steer = [Add(vector=torch.randn(lm.d_model) * 4, point=HookPoint.parse("resid_pre.1"), positions="generated")]
+    generated = generate_from_ids(lm, prompts[:1], steer, max_new_tokens=4)[0].token_ids
+    scored = token_logprobs(lm, prompts[:1], [list(generated)], steer, top_k=1)[0]
+    n = len(prompts[0])
+    assert [top[0][0] for top in scored.top[n - 1:]] == list(generated)
+    plain = token_logprobs(lm, prompts[:1], [list(generated)], top_k=1)[0]
+    assert scored.logprobs[: n - 1] == pytest.approx(plain.logprobs[: n - 1], abs=1e-5)
+    assert scored.logprobs[n:] != pytest.approx(plain.logprobs[n:], abs=1e-3)

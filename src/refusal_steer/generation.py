@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -32,6 +32,9 @@ from .models.loaded import LoadedModel
 logger = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length"]
+
+OnToken = Callable[[int, int, int], Any]
+"""``on_token(prompt_index, position, token_id) -> stop?`` (see :func:`generate_from_ids`)."""
 
 
 @dataclass(frozen=True)
@@ -198,19 +201,66 @@ def generate(
     Example:
         >>> [c.text for c in generate(lm, ["How do I bake bread?"], max_new_tokens=32)]  # doctest: +SKIP
     """
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    _check_settings(max_new_tokens, do_sample, temperature, top_p)
     prompts = list(prompts)
     if not prompts:
         return []
     texts = [as_prompt(p) for p in prompts]
     encoded = encode_prompts(lm, texts, system=system)
+    return generate_from_ids(
+        lm, encoded, interventions, prompts=texts, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, seed=seed, batch_size=batch_size, use_cache=use_cache, share_prefix=share_prefix, progress=progress,
+    )
+
+
+def generate_from_ids(
+    lm: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    interventions: Sequence[Intervention] = (),
+    *,
+    prompts: Sequence[PromptLike] | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    share_prefix: bool = True,
+    progress: bool = False,
+    on_token: OnToken | None = None,
+) -> list[Completion]:
+    """:func:`generate` on prompts that are already token ids (no chat formatting): what :func:`generate`
+    runs after chat-formatting, and what the server runs for raw-text completions.
+
+    Args:
+        token_lists: one list of prompt token ids per prompt (each non-empty).
+        prompts: what to record as each :attr:`Completion.prompt` (default: the decoded ids).
+        on_token: called after every generated token of a prompt still generating, as
+            ``on_token(prompt_index, position, token_id)`` (position 0 is the first new token; after an
+            out-of-memory retry positions start again at 0); returning True ends that prompt's answer
+            there (``finish_reason`` "length"). Streaming and cancellation in the server use it; it
+            never changes the tokens of the other prompts.
+        The rest: as :func:`generate`.
+
+    Example:
+        >>> ids = lm.tokenizer("Once upon a time")["input_ids"]  # doctest: +SKIP
+        >>> generate_from_ids(lm, [ids], max_new_tokens=8)[0].text  # doctest: +SKIP
+    """
+    _check_settings(max_new_tokens, do_sample, temperature, top_p)
+    encoded = [list(t) for t in token_lists]
+    if not encoded:
+        return []
+    if any(not t for t in encoded):
+        raise ConfigError("every prompt needs at least one token")
+    texts = list(prompts) if prompts is not None else [lm.tokenizer.decode(t) for t in encoded]
+    if len(texts) != len(encoded):
+        raise ConfigError(f"{len(texts)} prompts but {len(encoded)} token lists")
     kwargs = generation_kwargs(lm, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, use_cache=use_cache)
     eos = set(kwargs["eos_token_id"])
-    results: list[Completion | None] = [None] * len(prompts)
+    results: list[Completion | None] = [None] * len(encoded)
     order = length_order([len(t) for t in encoded])
+    ended: dict[int, int] = {}  # prompt index -> tokens kept, for answers on_token ended
 
     def run_batch(indices: list[int]) -> Tensor:
         lists = [encoded[i] for i in indices]
@@ -219,19 +269,53 @@ def generate(
         batch = build_batch(lm, lists, share_prefix=use_cache and share_prefix, extra_tokens=max_new_tokens)
         inputs = batch.generate_inputs()
         width = inputs["input_ids"].shape[1]
+        extra = {"stopping_criteria": _row_callbacks(indices, on_token, eos, ended)} if on_token is not None else {}
         with prompt_boundary(lm, width):
-            out = lm.model.generate(**inputs, **kwargs)
+            out = lm.model.generate(**inputs, **kwargs, **extra)
         return out[:, width:].cpu()
 
-    bar = _progress(len(prompts), "generating", progress)
+    bar = _progress(len(encoded), "generating", progress)
     rng = torch.random.fork_rng(devices=_rng_devices(lm)) if seed is not None else nullcontext()
     with bar, rng, apply(lm, interventions), torch.inference_mode():
         if seed is not None:
             torch.manual_seed(seed)
         for indices, new_tokens in run_with_backoff(order, batch_size, run_batch, what="generation batch", progress=bar):
             for row, index in enumerate(indices):
-                results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist(), eos)
+                results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist()[: ended.get(index)], eos)
     return [r for r in results if r is not None]
+
+
+def _row_callbacks(indices: Sequence[int], on_token: OnToken, eos: set[int], ended: dict[int, int]) -> Any:
+    """A stopping criterion that reports each row's new token to ``on_token`` and stops the rows it asks to."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Callbacks(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done = [False] * len(indices)
+            self.position = 0
+
+        def __call__(self, input_ids: Tensor, scores: Any, **kwargs: Any) -> Tensor:
+            stop = [False] * len(indices)
+            for row, token in enumerate(input_ids[:, -1].tolist()):
+                if self.done[row]:
+                    continue
+                stop[row] = bool(on_token(indices[row], self.position, int(token)))
+                self.done[row] = stop[row] or token in eos
+                if stop[row]:
+                    ended[indices[row]] = self.position + 1
+                else:
+                    ended.pop(indices[row], None)  # a retry after out-of-memory starts the row again
+            self.position += 1
+            return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Callbacks()])
+
+
+def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
 
 
 def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[int], eos: set[int]) -> Completion:

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
-from .batching import build_batch, forward, logits_to_keep
+from .batching import build_batch, forward, logits_to_keep, position_ids
 from .generation import as_prompt, encode_prompts, length_order, run_with_backoff
-from .hooks import Intervention, apply
+from .hooks import Intervention, apply, prompt_boundary
 from .models.loaded import LoadedModel
 
 
@@ -168,6 +168,89 @@ def choice_logliks(
 ) -> Tensor:
     """Log-likelihood of each answer choice (e.g. ``["A", "B", "C", "D"]``) after one prompt; argmax = pick."""
     return continuation_loglik(lm, [prompt] * len(choices), list(choices), interventions, batch_size=batch_size, system=system)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """Teacher-forced log-probabilities of one token sequence: every token after the first, given the ones before.
+
+    ``logprobs[i]`` and ``top[i]`` belong to ``token_ids[i + 1]``; ``top[i]`` holds the ``top_k`` most
+    likely ``(token_id, logprob)`` at that position, best first (empty when ``top_k == 0``).
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    top: tuple[tuple[tuple[int, float], ...], ...]
+
+
+def token_logprobs(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]] | None = None,
+    interventions: Sequence[Intervention] = (),
+    *,
+    top_k: int = 0,
+    batch_size: int = 4,
+) -> list[TokenLogprobs]:
+    """Log-probability of every token of ``prompt + continuation`` (token ids, no chat formatting).
+
+    Continuation tokens sit where :func:`refusal_steer.generation.generate` puts generated tokens
+    (after the left-padded prompts, ``prompt_boundary`` at the prompts' width), so a steer with
+    ``positions="prompt"``/``"generated"`` scores them as it generated them. This is what the
+    server's ``echo``/``logprobs`` answers are made of (likelihood tasks of lm-evaluation-harness send
+    context and continuation as one prompt, so every token is a prompt token there, as in
+    :func:`continuation_loglik`). One exception: a gate whose nested interventions sit at points before
+    its own steers generated tokens (decided at prefill) but not continuation tokens scored here, since
+    the whole sequence is one forward pass and the decision is made inside it.
+
+    Returns:
+        One :class:`TokenLogprobs` per prompt, in input order.
+
+    Example:
+        >>> ids = lm.tokenizer("The cat sat")["input_ids"]  # doctest: +SKIP
+        >>> token_logprobs(lm, [ids], top_k=1)[0].logprobs  # doctest: +SKIP
+    """
+    prompts = [list(p) for p in prompts]
+    conts = [list(c) for c in continuations] if continuations is not None else [[] for _ in prompts]
+    if len(conts) != len(prompts):
+        raise ConfigError(f"{len(prompts)} prompts but {len(conts)} continuations")
+    if any(not p for p in prompts):
+        raise ConfigError("every prompt needs at least one token")
+    if top_k < 0:
+        raise ConfigError(f"top_k must be >= 0, got {top_k}")
+    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+
+    def run(indices: list[int]) -> list[TokenLogprobs]:
+        width_p = max(len(prompts[i]) for i in indices)
+        width_c = max(len(conts[i]) for i in indices)
+        ids = torch.full((len(indices), width_p + width_c), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(indices):
+            p, c = prompts[i], conts[i]
+            ids[row, width_p - len(p): width_p] = torch.tensor(p)
+            mask[row, width_p - len(p): width_p] = 1
+            if c:
+                ids[row, width_p: width_p + len(c)] = torch.tensor(c)
+                mask[row, width_p: width_p + len(c)] = 1
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        with prompt_boundary(lm, width_p):
+            logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits
+        out = []
+        for row, i in enumerate(indices):
+            start, end = width_p - len(prompts[i]), width_p + len(conts[i])
+            logprobs = torch.log_softmax(logits[row, start: end - 1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            targets = ids[row, start + 1: end]
+            chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
+            top: tuple[tuple[tuple[int, float], ...], ...] = ()
+            if top_k:
+                values, top_ids = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+                top = tuple(tuple(zip(r_ids, r_values)) for r_ids, r_values in zip(top_ids.tolist(), values.tolist()))
+            out.append(TokenLogprobs(token_ids=tuple(ids[row, start:end].tolist()), logprobs=tuple(chosen), top=top))
+        return out
+
+    full = [p + c for p, c in zip(prompts, conts)]
+    with apply(lm, interventions), torch.inference_mode():
+        return _batched(lm, full, batch_size, run)
 
 
 @dataclass(frozen=True)

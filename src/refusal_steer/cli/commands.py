@@ -13,3 +13,4 @@ from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
+from . import serve_cmd  # noqa: F401
