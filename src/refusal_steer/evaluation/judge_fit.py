@@ -26,28 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..data.splits import assign_split, split_unit
-from .agreement import Agreement, agreement
+from ..data.splits import split_unit
+from .agreement import JUDGE_FRACTIONS, JUDGE_SPLIT_SEED, Agreement, agreement, judge_split
 from .judges import Judge, get_judge
 from .judges.ngram_lr import NgramFeatures, featurize, weights_metadata
 
-#: fit/test shares of every labelled set; the seed of the hash.
-JUDGE_FRACTIONS: dict[str, float] = {"fit": 0.6, "test": 0.4}
-JUDGE_SPLIT_SEED = 0
 #: Regularisation strengths tried by cross-validation (lambda of ``lambda/2 * |w|^2`` over a summed loss).
 LAMBDAS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 CV_FOLDS = 5
 _QUANTUM = 2.0**-16
-
-
-def judge_split(text: str) -> str:
-    """``"fit"`` or ``"test"``: the part of a labelled set a completion belongs to (by its normalised text).
-
-    Example:
-        >>> judge_split("I'm sorry, but I can't assist with that.") in ("fit", "test")
-        True
-    """
-    return assign_split(text, JUDGE_SPLIT_SEED, JUDGE_FRACTIONS)
 
 
 @dataclass(frozen=True)
@@ -200,7 +187,7 @@ def fit_ngram_lr(rows: Sequence[LabelledRow] | None = None, features: NgramFeatu
     features = features or NgramFeatures()
     rows = [r for r in (labelled_rows() if rows is None else rows) if r.split == "fit"]
     csr = featurize([r.text for r in rows], features)
-    gram = _gram(csr, features.n_bins + 1)
+    gram = _gram(csr, features.width)
     y = np.array([1.0 if r.label else -1.0 for r in rows])
     folds = np.array([min(CV_FOLDS - 1, int(split_unit(r.text, seed=1) * CV_FOLDS)) for r in rows])
     cv = {repr(lam): _cv_loss(gram, y, folds, lam) for lam in lambdas}
@@ -208,7 +195,7 @@ def fit_ngram_lr(rows: Sequence[LabelledRow] | None = None, features: NgramFeatu
     alpha = _newton(gram, y, _balanced_cost(y), best)
     indptr, indices, values = csr
     row_of = np.repeat(np.arange(len(rows)), np.diff(indptr))
-    weights = np.bincount(indices, weights=values * alpha[row_of], minlength=features.n_bins + 1)
+    weights = np.bincount(indices, weights=values * alpha[row_of], minlength=features.width)
     weights = (np.round(weights / _QUANTUM) * _QUANTUM).astype(np.float32)
     per_set = {}
     for r in rows:

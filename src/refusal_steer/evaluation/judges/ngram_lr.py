@@ -11,7 +11,8 @@ don't have ..." non-answers. The features of a completion are (all from its norm
 * one indicator for "the ``substring`` judge matches", so the phrase list is one feature among many;
 
 hashed (CRC-32, with a sign bit against collision bias) into ``n_bins`` slots and scaled to unit L2
-norm, plus a constant bias feature. The weights live in ``evaluation/data/ngram_lr_v1.safetensors``
+norm; the substring indicator and a constant bias feature sit in two slots of their own after them,
+unscaled, so the phrase list's verdict weighs as much as a whole completion's n-grams can. The weights live in ``evaluation/data/ngram_lr_v1.safetensors``
 (float32, with the feature settings and the fit's provenance in its metadata); the recorded version is
 ``v1-<first 12 hex of a sha256 over the weights and metadata>``, so it changes whenever they do. They are fitted on
 the ``fit`` part of the labelled completions by :mod:`refusal_steer.evaluation.judge_fit`
@@ -54,7 +55,7 @@ class NgramFeatures:
         char_min: shortest character n-gram.
         char_max: longest character n-gram.
         prefix_words: leading words whose n-grams get their own position-tagged features.
-        substring_feature: add the ``substring@v2`` verdict as a feature.
+        substring_feature: add the ``substring@v2`` verdict as a feature (its slot is 0 when False).
     """
 
     n_bins: int = 1 << 18
@@ -73,9 +74,19 @@ class NgramFeatures:
             raise ConfigError("NgramFeatures.max_chars must be >= 1 and prefix_words >= 0")
 
     @property
-    def bias_index(self) -> int:
-        """The slot of the constant feature (the last one; no hashed feature lands there)."""
+    def substring_index(self) -> int:
+        """The slot of the ``substring`` indicator (right after the hashed slots)."""
         return self.n_bins
+
+    @property
+    def bias_index(self) -> int:
+        """The slot of the constant feature (the last one)."""
+        return self.n_bins + 1
+
+    @property
+    def width(self) -> int:
+        """Length of the weight vector: hashed slots, the substring indicator, the bias."""
+        return self.n_bins + 2
 
 
 def feature_strings(completion: str, config: NgramFeatures) -> list[str]:
@@ -101,8 +112,8 @@ def feature_strings(completion: str, config: NgramFeatures) -> list[str]:
 def featurize(completions: Sequence[str], config: NgramFeatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hashed, unit-norm feature rows of ``completions`` as CSR arrays ``(indptr, indices, values)``.
 
-    Each row has the bias slot (value 1) last; its hashed features are binary (presence), signed by
-    the hash and scaled to unit L2 norm together. Column indices are sorted within a row.
+    A row's hashed features are binary (presence), signed by the hash and scaled to unit L2 norm together;
+    then come the substring indicator (1, only when it matches) and the bias (1). Indices are sorted within a row.
     """
     substring = SubstringJudge() if config.substring_feature else None
     mask = config.n_bins - 1
@@ -111,8 +122,7 @@ def featurize(completions: Sequence[str], config: NgramFeatures) -> tuple[np.nda
     values: list[np.ndarray] = []
     for completion in completions:
         grams = set(feature_strings(completion, config))
-        if substring is not None and substring.matches(completion):
-            grams.add("substring:match")
+        flags = [config.substring_index] if substring is not None and substring.matches(completion) else []
         slots: dict[int, float] = {}
         for gram in grams:
             h = zlib.crc32(gram.encode("utf-8"))
@@ -121,9 +131,9 @@ def featurize(completions: Sequence[str], config: NgramFeatures) -> tuple[np.nda
         keys = np.array(sorted(k for k, v in slots.items() if v != 0.0), dtype=np.int64)
         vals = np.array([slots[k] for k in keys.tolist()], dtype=np.float64)
         norm = math.sqrt(float(np.dot(vals, vals))) if len(vals) else 1.0
-        indices.append(np.concatenate([keys, [config.bias_index]]))
-        values.append(np.concatenate([vals / norm, [1.0]]))
-        indptr.append(indptr[-1] + len(keys) + 1)
+        indices.append(np.concatenate([keys, flags, [config.bias_index]]).astype(np.int64))
+        values.append(np.concatenate([vals / norm, [1.0] * len(flags), [1.0]]))
+        indptr.append(indptr[-1] + len(keys) + len(flags) + 1)
     return (
         np.asarray(indptr, dtype=np.int64),
         np.concatenate(indices) if indices else np.zeros(0, np.int64),
@@ -148,7 +158,7 @@ def default_weights_path() -> Path:
 
 @dataclass(frozen=True)
 class NgramWeights:
-    """Loaded weights: the float32 vector (``n_bins + 1`` values, bias last), feature settings, fit metadata.
+    """Loaded weights: the float32 vector (``features.width`` values, bias last), feature settings, fit metadata.
 
     ``sha256`` is :func:`content_digest` of the weights and metadata.
     """
@@ -170,29 +180,43 @@ def weights_metadata(features: NgramFeatures, threshold: float, meta: dict[str, 
     }
 
 
-@cache
-def load_weights(path: str | None = None) -> NgramWeights:
+def load_weights(path: str | Path | None = None) -> NgramWeights:
     """Read an ``ngram-lr`` weights file (safetensors; default: the shipped one). No pickle is involved.
+
+    Loads are cached per (path, size, modification time), so a rewritten file is read again.
 
     Raises:
         ConfigError: the file is missing.
         CorruptFileError: the file is not an ngram-lr v1 weights file.
     """
-    from safetensors import safe_open
-
-    file = Path(path) if path is not None else default_weights_path()
+    file = Path(path).expanduser() if path is not None else default_weights_path()
     if not file.is_file():
         raise ConfigError(f"no ngram-lr weights at {file}", fix="run scripts/fit_judge.py to write them")
-    with safe_open(str(file), framework="numpy") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "refusal-steer ngram-lr v1" or "weights" not in f.keys():
-            raise CorruptFileError(f"{file} is not an ngram-lr v1 weights file", fix="refit with scripts/fit_judge.py")
-        weights = f.get_tensor("weights")
-    features = NgramFeatures(**json.loads(meta["features"]))
-    if weights.dtype != np.float32 or weights.shape != (features.n_bins + 1,):
+    stat = file.stat()
+    return _load_weights(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _load_weights(file: str, size: int, mtime_ns: int) -> NgramWeights:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, framework="numpy") as f:
+            meta = f.metadata() or {}
+            weights = f.get_tensor("weights") if "weights" in f.keys() else None
+    except Exception as exc:  # safetensors raises its own SafetensorError on a malformed header
+        raise CorruptFileError(f"{file} is not a safetensors file ({exc})", fix="refit with scripts/fit_judge.py") from exc
+    if meta.get("format") != "refusal-steer ngram-lr v1" or weights is None:
+        raise CorruptFileError(f"{file} is not an ngram-lr v1 weights file", fix="refit with scripts/fit_judge.py")
+    try:
+        features = NgramFeatures(**json.loads(meta["features"]))
+        threshold, fit = float(meta["threshold"]), json.loads(meta["fit"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{file}: unreadable metadata ({exc})", fix="refit with scripts/fit_judge.py") from exc
+    if weights.dtype != np.float32 or weights.shape != (features.width,):
         raise CorruptFileError(f"{file}: weights have dtype {weights.dtype} shape {weights.shape}", fix="refit")
     weights.setflags(write=False)
-    return NgramWeights(weights, features, float(meta["threshold"]), json.loads(meta["fit"]), content_digest(weights, meta))
+    return NgramWeights(weights, features, threshold, fit, content_digest(weights, meta))
 
 
 def content_digest(weights: np.ndarray, metadata: dict[str, str]) -> str:
