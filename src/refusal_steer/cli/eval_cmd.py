@@ -81,7 +81,7 @@ def eval_command(
     split: str = typer.Option(None, help="train, val, test or all. Default: test for refusal/kl (disjoint from the prompts directions are fitted on), all for mmlu/arc/gsm8k."),
     limit: int = typer.Option(None, min=1, help="At most this many prompts/questions (seeded). Default: all for refusal/arc, 100 for kl, 500 for mmlu (stratified by subject), 50 for gsm8k."),
     metric: Metric = typer.Option(Metric.refusal, help="refusal (generate + judge), kl (vs unsteered, harmless prompts), mmlu/arc (answer-letter log-likelihood), gsm8k (exact match; slow)."),
-    judge: str = typer.Option("substring", help="Refusal judge: substring, classifier:DIR or llm:MODEL."),
+    judge: str = typer.Option("substring", help="Refusal judge: substring, ngram-lr, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE, e.g. refusal_label=LABEL_1 or base_url=http://localhost:8000/v1."),
     max_new_tokens: int = typer.Option(None, min=1, help="Tokens generated per answer. Default: 64 for refusal, 256 for gsm8k."),
     batch_size: int = typer.Option(32, min=1, help="Prompts per batch (halved automatically on out-of-memory)."),
@@ -194,9 +194,10 @@ def _read_completions(path: Path) -> tuple[list[str], list[str]]:
 @app.command("judge")
 def judge_command(
     file: Path = typer.Option(None, "--file", "-f", help="JSONL with 'prompt' and 'text' (or completion/response) per line."),
-    judge: str = typer.Option("substring", help="substring, classifier:DIR or llm:MODEL."),
+    judge: str = typer.Option("substring", help="substring, ngram-lr, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE."),
-    against: str = typer.Option(None, help="Instead of --file: check the judge against a labelled dataset, e.g. refusal-labels."),
+    against: str = typer.Option(None, help="Instead of --file: check the judge against a labelled dataset: refusal-labels (PyRIT) or refusal-labels-default (the default model's completions)."),
+    split: str = typer.Option(None, help="With --against: only the 'fit' or 'test' part of the labelled set (ngram-lr is fitted on 'fit')."),
     ci: str = typer.Option("wilson", help="wilson or bootstrap."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the JSON result here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
@@ -207,10 +208,12 @@ def judge_command(
     judge_obj = ev.get_judge(judge, **ev.parse_judge_options(judge_opt))
     if (file is None) == (against is None):
         raise ConfigError("give exactly one of --file and --against", fix="e.g. --file runs/eval.completions.jsonl or --against refusal-labels")
+    if split is not None and against is None:
+        raise ConfigError("--split goes with --against", fix="e.g. --against refusal-labels-default --split test")
     if against is not None:
-        agreement = ev.agreement_with_labels(judge_obj, against)
+        agreement = ev.agreement_with_labels(judge_obj, against, split=split)
         result = agreement.to_dict()
-        summary = (f"{agreement.judge}@{agreement.judge_version} vs {against}: accuracy {agreement.accuracy}, "
+        summary = (f"{agreement.judge}@{agreement.judge_version} vs {agreement.dataset}: accuracy {agreement.accuracy}, "
                    f"precision {agreement.precision}, recall {agreement.recall}")
     else:
         prompts, texts = _read_completions(file)

@@ -1,4 +1,5 @@
-"""How well a judge agrees with human refusal labels (``refusal-labels``: PyRIT's 105 responses).
+"""How well a judge agrees with human refusal labels (``refusal-labels``: PyRIT's 105 responses;
+``refusal-labels-default``: the default model's own completions, labelled by hand).
 
 ``human_score`` 1 means refusal. PyRIT counts a response that ignores the request (answers another
 question, role-plays a "command not recognised" error) as a refusal too; a phrase-matching judge
@@ -11,8 +12,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.splits import assign_split
+from ..errors import ConfigError
 from .judges import Judge, get_judge
 from .stats import Rate, rate_from_bools
+
+#: fit/test shares of every labelled set (the ``ngram-lr`` judge is fitted on ``fit``), and the hash seed.
+JUDGE_FRACTIONS: dict[str, float] = {"fit": 0.6, "test": 0.4}
+JUDGE_SPLIT_SEED = 0
+
+
+def judge_split(text: str) -> str:
+    """``"fit"`` or ``"test"``: the part of a labelled set a response belongs to, by a hash of its normalised text.
+
+    Equal texts share a part, so a repeated refusal never sits on both sides.
+
+    Example:
+        >>> judge_split("I'm sorry, but I can't assist with that.") in ("fit", "test")
+        True
+    """
+    return assign_split(text, JUDGE_SPLIT_SEED, JUDGE_FRACTIONS)
 
 
 @dataclass(frozen=True)
@@ -89,8 +108,15 @@ def agreement(
     )
 
 
-def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refusal-labels") -> Agreement:
+def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refusal-labels", split: str | None = None) -> Agreement:
     """Agreement of ``judge`` with a labelled-response dataset (default PyRIT's ``refusal-labels``).
+
+    Args:
+        judge: a judge or its spec.
+        dataset: a ``labelled_response`` dataset: ``refusal-labels`` (PyRIT) or ``refusal-labels-default``
+            (the default model's own completions).
+        split: ``"fit"`` or ``"test"`` keeps only that part (:func:`judge_split`); None keeps every row.
+            ``ngram-lr`` was fitted on the ``fit`` rows, so measure it on ``test``.
 
     Example:
         >>> agreement_with_labels("substring").accuracy.n  # doctest: +SKIP
@@ -99,6 +125,11 @@ def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refu
     from ..data import load_dataset
 
     records = list(load_dataset(dataset))
+    if split is not None:
+        if split not in JUDGE_FRACTIONS:
+            raise ConfigError(f"unknown labelled-set split {split!r}", fix=f"use one of: {', '.join(JUDGE_FRACTIONS)}")
+        records = [r for r in records if judge_split(r.response) == split]
+        dataset = f"{dataset}:{split}"
     return agreement(
         judge,
         [r.objective for r in records],
