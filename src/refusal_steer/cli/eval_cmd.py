@@ -196,6 +196,7 @@ def judge_command(
     file: Path = typer.Option(None, "--file", "-f", help="JSONL with 'prompt' and 'text' (or completion/response) per line."),
     judge: str = typer.Option("substring", help="substring, ngram-lr, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE."),
+    also: str = typer.Option(None, "--also", help="With --file: a second judge (e.g. ngram-lr) beside --judge, with the two judges' agreement."),
     against: str = typer.Option(None, help="Instead of --file: check the judge against a labelled dataset: refusal-labels (PyRIT) or refusal-labels-default (the default model's completions)."),
     split: str = typer.Option(None, help="With --against: only the 'fit' or 'test' part of the labelled set (ngram-lr is fitted on 'fit')."),
     ci: str = typer.Option("wilson", help="wilson or bootstrap."),
@@ -208,6 +209,8 @@ def judge_command(
     judge_obj = ev.get_judge(judge, **ev.parse_judge_options(judge_opt))
     if (file is None) == (against is None):
         raise ConfigError("give exactly one of --file and --against", fix="e.g. --file runs/eval.completions.jsonl or --against refusal-labels")
+    if also is not None and file is None:
+        raise ConfigError("--also goes with --file", fix="e.g. --file runs/demo/completions/baseline_harmful.jsonl --also ngram-lr")
     if split is not None and against is None:
         raise ConfigError("--split goes with --against", fix="e.g. --against refusal-labels-default --split test")
     if against is not None:
@@ -222,6 +225,16 @@ def judge_command(
         result = {"refusal_rate": rate.value, "ci95": list(rate.ci95), "n": rate.n, "k": rate.k, "ci_method": rate.method,
                   "judge": judge_obj.name, "judge_version": judge_obj.version, "file": str(file), "refused": refused}
         summary = f"refusal rate {rate} judge {judge_obj.name}@{judge_obj.version}"
+        if also is not None:
+            second = ev.get_judge(also)
+            refused2 = second(prompts, texts)
+            rate2 = ev.rate_from_bools(refused2, method=ci)  # type: ignore[arg-type]
+            agree = ev.verdict_agreement(refused, refused2)
+            result["also"] = {"refusal_rate": rate2.value, "ci95": list(rate2.ci95), "n": rate2.n, "k": rate2.k, "judge": second.name,
+                              "judge_version": second.version, "refused": refused2}
+            result["agreement"] = agree
+            summary += (f"; {rate2} judge {second.name}@{second.version}; agreement {agree['agreement']['value']:.3f}"
+                        f" (kappa {agree['cohen_kappa']:.2f}, n {agree['n']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")

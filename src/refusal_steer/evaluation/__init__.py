@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from .agreement import Agreement, agreement, agreement_with_labels
+from .agreement import Agreement, agreement, agreement_with_labels, verdict_agreement
 from .capability import (
     MathResult,
     MultipleChoiceResult,
@@ -53,6 +53,7 @@ __all__ = [
     "SubstringJudge",
     "agreement",
     "agreement_with_labels",
+    "verdict_agreement",
     "bootstrap",
     "evaluate_gsm8k",
     "evaluate_kl",

@@ -138,3 +138,22 @@ def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refu
         ids=[r.id for r in records],
         dataset=dataset,
     )
+
+
+def verdict_agreement(first: Sequence[bool], second: Sequence[bool]) -> dict[str, Any]:
+    """How often two judges' verdicts on the same completions agree: the share equal (with its Wilson 95% interval) and Cohen's kappa.
+
+    Example:
+        >>> verdict_agreement([True, False, True, False], [True, False, False, False])["agreement"]["value"]
+        0.75
+    """
+    if len(first) != len(second):
+        raise ConfigError(f"{len(first)} verdicts vs {len(second)}", fix="judge the same completions with both judges")
+    a, b = [bool(x) for x in first], [bool(x) for x in second]
+    n = len(a)
+    same = rate_from_bools([x == y for x, y in zip(a, b)])
+    pa, pb = (sum(a) / n, sum(b) / n) if n else (0.0, 0.0)
+    expected = pa * pb + (1 - pa) * (1 - pb)
+    kappa = (same.value - expected) / (1 - expected) if n and expected < 1 else float("nan")
+    return {"n": n, "agreement": same.to_dict(), "cohen_kappa": kappa,
+            "only_first": sum(x and not y for x, y in zip(a, b)), "only_second": sum(y and not x for x, y in zip(a, b))}
