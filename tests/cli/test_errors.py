@@ -39,7 +39,7 @@ def test_usage_errors_print_usage_and_exit_2_without_a_traceback(tmp_path):
              for name, (args, _) in USAGE_ERRORS.items()}
     for name, proc in procs.items():
         args = USAGE_ERRORS[name][0]
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=300)  # start-up is ~4 s of CPU each; a loaded 2-core box needs the margin
         assert proc.returncode == 2, (name, stderr)
         assert "Traceback" not in stderr + stdout, name
         lines = stderr.splitlines()
