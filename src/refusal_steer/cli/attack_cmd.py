@@ -96,6 +96,12 @@ def attack_command(
         raise ConfigError("--source applies to the templates and suffix attacks only", fix="drop --source")
     if source is not None and {"templates", "suffix"} <= set(names):
         raise ConfigError("--source is ambiguous with both templates and suffix", fix="run them in two commands")
+    if "crescendo" in names and recorded is None:
+        if attacker != "in-process" and not attacker.startswith(("http://", "https://")):
+            raise ConfigError(f"--attacker {attacker!r} is neither 'in-process' nor an http(s) URL",
+                              fix="use --attacker in-process or --attacker http://HOST:PORT/v1 --attacker-model NAME")
+        if attacker != "in-process" and not attacker_model:
+            raise ConfigError("an endpoint attacker needs --attacker-model", fix="e.g. --attacker-model gpt-4o-mini")
     split_arg = None if split == "all" else split
     options = {name: _attack_options(name, seed=seed, shots=shots, turns=turns, source=source, max_backtracks=max_backtracks, variant=variant)
                for name in names}

@@ -122,11 +122,13 @@ class CrescendoAttack:
         turns: kept turns per goal (PyRIT's default is 10; 5 keeps a CPU run short).
         max_backtracks: refused turns that may be retried per goal (PyRIT's default is 10).
         variant: which of PyRIT's five attacker instructions.
+        instructions: your own attacker system prompt instead (``{{objective}}`` and ``{{max_turns}}`` are filled).
     """
 
     name = "crescendo"
 
-    def __init__(self, attacker: Attacker | None = None, turns: int | str = 5, max_backtracks: int | str = 3, variant: int | str = 1) -> None:
+    def __init__(self, attacker: Attacker | None = None, turns: int | str = 5, max_backtracks: int | str = 3, variant: int | str = 1,
+                 instructions: str | None = None) -> None:
         turns, max_backtracks, variant = int(turns), int(max_backtracks), int(variant)
         if turns < 1:
             raise ConfigError(f"--turns must be >= 1, got {turns}", fix="e.g. --turns 5")
@@ -135,15 +137,19 @@ class CrescendoAttack:
         if variant not in VARIANTS:
             raise ConfigError(f"--variant must be one of {VARIANTS}, got {variant}", fix="PyRIT ships crescendo_variant_1..5")
         self.attacker, self.turns, self.max_backtracks, self.variant = attacker, turns, max_backtracks, variant
+        self.custom_instructions = instructions
 
     def params(self) -> dict[str, Any]:
         attacker = self.attacker.describe() if self.attacker is not None else None
-        return {"turns": self.turns, "max_backtracks": self.max_backtracks, "variant": self.variant, "attacker": attacker}
+        variant = self.variant if self.custom_instructions is None else "custom"
+        return {"turns": self.turns, "max_backtracks": self.max_backtracks, "variant": variant, "attacker": attacker}
 
     def instructions(self) -> str:
-        """The raw text of the chosen variant, from the pinned PyRIT wheel."""
+        """The raw text of the chosen variant, from the pinned PyRIT wheel (or the custom instructions)."""
         from ...data import load_dataset
 
+        if self.custom_instructions is not None:
+            return self.custom_instructions
         wanted = f"crescendo_variant_{self.variant}"
         for record in load_dataset("crescendo"):
             if record.id == wanted:
