@@ -61,6 +61,9 @@ class ManyShotAttack:
 
         key = normalize_text(goal.prompt)
         pool = [e for e in self.examples if normalize_text(e.messages[0]["content"]) != key]
+        if self.shots > len(pool):
+            raise ConfigError(f"--shots {self.shots} is more than the {len(pool)} many-shot examples that differ from goal {goal.id!r}",
+                              fix=f"use at most {len(pool)}")
         chosen = seeded_rng(self.seed, goal, "many-shot").sample(pool, self.shots)
         messages: list[Message] = [dict(m) for example in chosen for m in example.messages]
         messages.append({"role": "user", "content": goal.prompt})
