@@ -96,3 +96,15 @@ def test_attack_on_an_empty_split(model_dir: Path, tmp_path: Path) -> None:
                            "--max-new-tokens", "2", "--out", str(tmp_path / f"{split}.json")]) for split in ("train", "val", "test")}
     failed = [r for r in splits.values() if r.exit_code != 0]
     assert len(failed) == 2 and all(isinstance(r.exception, EmptyDatasetError) for r in failed)
+
+
+def test_attack_crescendo_in_process(model_dir: Path, prompts_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cr.json"
+    result = _run(["attack", "--model", str(model_dir), "--dataset", f"jsonl:{prompts_file}", "--split", "all", "--limit", "1",
+                   "--attack", "crescendo", "--turns", "1", "--max-backtracks", "0", "--attacker-tokens", "2",
+                   "--max-new-tokens", "2", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["n"] == 1 and entry["params"]["attacker"]["kind"] == "in-process" and entry["params"]["turns"] == 1
+    (row,) = [json.loads(line) for line in (tmp_path / "cr.transcripts.jsonl").read_text().splitlines()]
+    assert len(row["attempts"]) == 1 and len(row["generated"]) == 1
