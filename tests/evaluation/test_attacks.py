@@ -154,7 +154,8 @@ def test_single_turn_run_writes_transcripts_and_asr(make_tiny_lm, name: str, opt
         assert t.goal_id == goal.id and t.generated == [len(t.messages) - 1] and t.messages[-1]["role"] == "assistant"
         assert t.success == (not t.refused[-1])
     data = result.to_dict()
-    assert {"asr", "ci95", "n", "k", "judge", "by_category", "record"} <= set(data)
+    assert {"asr", "ci95", "n", "k", "judge", "by_category", "record", "degenerate_rate"} <= set(data)
+    assert result.degenerate.n == 3
 
 
 def test_crescendo_runs_n_turns_with_an_in_process_attacker(make_tiny_lm) -> None:

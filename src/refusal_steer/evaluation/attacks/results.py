@@ -13,6 +13,7 @@ from typing import Any
 from ...errors import EmptyDatasetError
 from ...hooks import Intervention
 from ...models.loaded import LoadedModel
+from ..fluency import is_degenerate
 from ..judges import Judge, get_judge
 from ..record import ResultRecord, make_record
 from ..stats import CiMethod, Rate, rate_from_bools
@@ -29,6 +30,8 @@ class AttackResult:
         params: its options.
         rate: the attack success rate (n, k, 95% interval).
         by_category: the same per harm category.
+        degenerate: the share of goals whose last answer loops (:func:`~refusal_steer.evaluation.fluency.is_degenerate`):
+            a looping answer holds no refusal phrase, so it counts as a success; this says how many such there are.
         judge: ``name@version``.
         transcripts: one per goal, in goal order.
         record: the rate as a :class:`~refusal_steer.evaluation.record.ResultRecord` (metric ``attack_success_rate``).
@@ -38,6 +41,7 @@ class AttackResult:
     params: dict[str, Any]
     rate: Rate
     by_category: dict[str, Rate]
+    degenerate: Rate
     judge: str
     transcripts: list[Transcript]
     record: ResultRecord
@@ -48,7 +52,8 @@ class AttackResult:
             return {"asr": rate.value, "ci95": list(rate.ci95), "n": rate.n, "k": rate.k, "ci_method": rate.method}
 
         return {"attack": self.attack, **rate_dict(self.rate), "refusal_rate": 1 - self.rate.value if self.rate.n else None,
-                "judge": self.judge, "params": self.params,
+                "judge": self.judge, "params": self.params, "degenerate_rate": self.degenerate.value,
+                "degenerate_k": self.degenerate.k, "degenerate_ci95": list(self.degenerate.ci95),
                 "by_category": {name: rate_dict(r) for name, r in sorted(self.by_category.items())},
                 "record": self.record.to_dict()}
 
@@ -65,8 +70,10 @@ def summarize(attack: str, params: dict[str, Any], transcripts: Sequence[Transcr
             per.setdefault(category, []).append(t.success)
     by_category = {name: rate_from_bools(flags, method=ci, seed=seed) for name, flags in per.items()}
     judged = f"{judge.name}@{judge.version}"
+    degenerate = rate_from_bools([is_degenerate(t.messages[t.generated[-1]]["content"]) if t.generated else False for t in transcripts],
+                                 method=ci, seed=seed)
     record = make_record("attack_success_rate", rate, lm, interventions, judge=judged, dataset=dataset, split=split, seed=seed)
-    return AttackResult(attack=attack, params=params, rate=rate, by_category=by_category, judge=judged,
+    return AttackResult(attack=attack, params=params, rate=rate, by_category=by_category, degenerate=degenerate, judge=judged,
                         transcripts=list(transcripts), record=record)
 
 
