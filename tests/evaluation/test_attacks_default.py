@@ -17,19 +17,19 @@ def default_lm():
 
 @pytest.mark.slow
 def test_default_model_single_turn_attacks_and_replay(default_lm):
-    goals = load_dataset("advbench", split="test", limit=3)
-    for attack in (get_attack("suffix"), get_attack("many-shot", shots=4)):
-        result = run_attack(default_lm, attack, goals, max_new_tokens=24, progress=False)
-        assert result.rate.n == 3 and result.judge == "substring@v2"
-        again = replay_attack(default_lm, result.transcripts, max_new_tokens=24, progress=False)[0]
+    goals = load_dataset("advbench", split="test", limit=2)
+    for attack in (get_attack("suffix"), get_attack("many-shot", shots=2)):
+        result = run_attack(default_lm, attack, goals, max_new_tokens=16, progress=False)
+        assert result.rate.n == 2 and result.judge == "substring@v2"
+        again = replay_attack(default_lm, result.transcripts, max_new_tokens=16, progress=False)[0]
         assert [t.messages for t in again.transcripts] == [t.messages for t in result.transcripts]
 
 
 @pytest.mark.slow
 def test_default_model_crescendo_one_turn(default_lm):
     goals = load_dataset("advbench", split="test", limit=1)
-    attack = CrescendoAttack(LocalAttacker(default_lm, max_new_tokens=64), turns=1, max_backtracks=1)
-    result = run_attack(default_lm, attack, goals, max_new_tokens=24, progress=False)
+    attack = CrescendoAttack(LocalAttacker(default_lm, max_new_tokens=16), turns=1, max_backtracks=0)
+    result = run_attack(default_lm, attack, goals, max_new_tokens=16, progress=False)
     (t,) = result.transcripts
-    assert len(t.generated) == 1 and 1 <= len(t.attempts) <= 2 and t.messages[0]["role"] == "user"
+    assert len(t.generated) == 1 and len(t.attempts) == 1 and t.messages[0]["role"] == "user"
     assert all("parsed" in a for a in t.attempts)
