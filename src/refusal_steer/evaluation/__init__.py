@@ -33,7 +33,15 @@ from .judges import (
     register_judge,
 )
 from .kl import KlResult, evaluate_kl
-from .refusal import RefusalResult, evaluate_refusal, evaluate_refusal_per_prompt, judge_completions, prompt_text
+from .refusal import (
+    RefusalResult,
+    conversation_text,
+    evaluate_refusal,
+    evaluate_refusal_per_prompt,
+    judge_completions,
+    judge_reads_prompt,
+    prompt_text,
+)
 from .record import ResultRecord, make_record
 from .stats import Rate, bootstrap, mean_with_ci, rate_from_bools, wilson
 
@@ -55,6 +63,7 @@ __all__ = [
     "agreement_with_labels",
     "verdict_agreement",
     "bootstrap",
+    "conversation_text",
     "evaluate_gsm8k",
     "evaluate_kl",
     "evaluate_multiple_choice",
@@ -64,6 +73,7 @@ __all__ = [
     "get_judge",
     "judge_completions",
     "judge_names",
+    "judge_reads_prompt",
     "mc_user_message",
     "mean_with_ci",
     "parse_judge_options",

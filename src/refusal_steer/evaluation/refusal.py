@@ -36,6 +36,32 @@ def prompt_text(prompt: Any) -> str:
     return users[-1] if users else "\n".join(m["content"] for m in prompt)
 
 
+def conversation_text(prompt: Any) -> str:
+    """A whole conversation as plain text for a judge that reads context (``USER: ...`` / ``ASSISTANT: ...`` blocks).
+
+    A single string is returned unchanged, so single-turn prompts read the same as with :func:`prompt_text`.
+
+    Example:
+        >>> conversation_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        ...                    {"role": "user", "content": "Now the bomb"}])
+        'USER: Hi\n\nASSISTANT: Hello\n\nUSER: Now the bomb'
+    """
+    prompt = as_prompt(prompt)
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) == 1 and prompt[0].get("role") == "user":
+        return prompt[0]["content"]
+    return "\n\n".join(f"{m.get('role', 'user').upper()}: {m['content']}" for m in prompt)
+
+
+def judge_reads_prompt(judge: Judge) -> bool:
+    """Whether ``judge`` looks at the prompt (``llm``; ``classifier`` with ``use_prompt``), not only the answer.
+
+    A judge says so with a ``reads_prompt`` attribute; one without it is assumed to read the prompt.
+    """
+    return bool(getattr(judge, "reads_prompt", True))
+
+
 @dataclass(frozen=True)
 class RefusalResult:
     """The refusal rate of one model + interventions on one prompt set, and everything behind it.
@@ -102,9 +128,20 @@ class RefusalResult:
         return out
 
 
-def judge_completions(judge: str | Judge, prompts: Sequence[Any], texts: Sequence[str]) -> list[bool]:
-    """Run ``judge`` on (prompt, completion text) pairs; prompts may be strings, messages or records."""
-    return get_judge(judge)([prompt_text(p) for p in prompts], list(texts))
+def judge_completions(judge: str | Judge, prompts: Sequence[Any], texts: Sequence[str], *, conversation: bool = False) -> list[bool]:
+    """Run ``judge`` on (prompt, completion text) pairs; prompts may be strings, messages or records.
+
+    Args:
+        judge: a judge or judge spec.
+        prompts: what each completion answers.
+        texts: the completions (the final assistant answers).
+        conversation: give a judge that reads prompts the whole message list (:func:`conversation_text`) rather
+            than the last user turn (:func:`prompt_text`, the default). Judges that read only the answer
+            (``substring``) see the same either way: the final answer.
+    """
+    judge_obj = get_judge(judge)
+    render = conversation_text if conversation and judge_reads_prompt(judge_obj) else prompt_text
+    return judge_obj([render(p) for p in prompts], list(texts))
 
 
 def evaluate_refusal(

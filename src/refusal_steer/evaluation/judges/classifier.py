@@ -83,6 +83,8 @@ class ClassifierJudge:
                 fix="point --judge classifier:DIR at a saved Hugging Face sequence classifier",
             )
         self.use_prompt = _as_bool(use_prompt)
+        #: Given a conversation, a text-pair classifier reads all of it; a completion-only one reads the answer.
+        self.reads_prompt = self.use_prompt
         self.threshold = None if threshold in (None, "") else float(threshold)
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")

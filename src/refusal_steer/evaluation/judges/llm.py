@@ -75,6 +75,8 @@ class LlmJudge:
 
     name: ClassVar[str] = "llm"
     main_option: ClassVar[str] = "model"
+    #: The judge prompt holds the request: given a conversation, it sees all of it (``conversation_text``).
+    reads_prompt: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -92,6 +92,8 @@ class SubstringJudge:
     name: ClassVar[str] = "substring"
     #: What ``--judge substring:X`` sets.
     main_option: ClassVar[str] = "version_name"
+    #: Verdicts depend on the completion alone (a conversation is judged by its final answer).
+    reads_prompt: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if isinstance(self.extra, str):
