@@ -10,6 +10,7 @@ validation prompts with that latent multiplied by the calibrated c, beside the u
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ from ..sae.base import Sae
 from ..sae.latent_steers import decoder_rows
 from .featureset import FeatureSet, LatentRef, clamp_steer
 from .scores import latent_activations
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,14 +111,18 @@ def top_contexts(lm: LoadedModel, saes: Mapping[str, Sae], features: FeatureSet,
 
 def feature_cards(lm: LoadedModel, saes: Mapping[str, Sae], features: FeatureSet, sequences: Sequence[Sequence[int]], *,
                   val_harmful: Sequence[str], refusal_ids: Sequence[int], limit: int | None = None, n_contexts: int = 5,
-                  batch_size: int = 8, system: str | None = None) -> list[FeatureCard]:
-    """Cards for the selected global set (its first ``limit`` latents)."""
+                  batch_size: int = 8, system: str | None = None, progress: bool = False) -> list[FeatureCard]:
+    """Cards for the selected global set (its first ``limit`` latents); ``progress`` shows a bar over the latents."""
+    from tqdm.auto import tqdm
+
     latents = features.ranked("selected", limit)
+    if progress:
+        logger.info("feature cards: top contexts of %d latents over %d held-out sequences", len(latents), len(sequences))
     contexts = top_contexts(lm, saes, features, latents, sequences, n_contexts=n_contexts, batch_size=batch_size)
     scale = float(features.calibration.get("bypass", {}).get("scale", 0.0))
     base = float(refusal_log_odds(last_token_logprobs(lm, list(val_harmful), batch_size=batch_size, system=system), refusal_ids).mean())
     cards = []
-    for rank, ref in enumerate(latents, 1):
+    for rank, ref in enumerate(tqdm(latents, desc="feature cards (clamp alone, val)", unit="latent", disable=not progress), 1):
         top, bottom = logit_lens(lm, decoder_rows(saes[ref.sae], [ref.index])[0])
         steer = clamp_steer(features, [ref], mode="scale", value=scale, saes=dict(saes))
         alone = float(refusal_log_odds(last_token_logprobs(lm, list(val_harmful), steer, batch_size=batch_size, system=system), refusal_ids).mean())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,12 +264,12 @@ def find_features(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str
         out.mark_done("calibrate", calib_inputs, time.time() - t0)
     features.save(out.path)
     if config.card_tokens > 0:
-        _cards(lm, saes, features, val_harmful, refusal_ids, config, out, calib_inputs)
+        _cards(lm, saes, features, val_harmful, refusal_ids, config, out, calib_inputs, progress)
     return features
 
 
 def _cards(lm: LoadedModel, saes: dict[str, Sae], features: FeatureSet, val_harmful: list[str], refusal_ids: list[int], config: FeaturesConfig,
-           out: RunDir, inputs: dict[str, Any]) -> None:
+           out: RunDir, inputs: dict[str, Any], progress: bool = True) -> None:
     """The ``cards`` stage: ``cards.json``, ``cards.md`` and ``cards.html`` for the selected set."""
     inputs = {**inputs, "calibration": features.calibration.get("bypass", {}).get("scale"), "card_tokens": config.card_tokens}
     if out.is_done("cards", inputs, ["cards.json", "cards.md", "cards.html"]):
@@ -277,7 +277,7 @@ def _cards(lm: LoadedModel, saes: dict[str, Sae], features: FeatureSet, val_harm
     t0 = time.time()
     sequences, _ = mix_token_lists(lm, config.card_tokens, split="test", seed=config.seed)
     cards = feature_cards(lm, saes, features, sequences, val_harmful=val_harmful, refusal_ids=refusal_ids, limit=config.k,
-                          n_contexts=config.n_contexts, batch_size=config.batch_size, system=config.system)
+                          n_contexts=config.n_contexts, batch_size=config.batch_size, system=config.system, progress=progress)
     write_json(out.file("cards.json"), {"source": "sae mix, test split", "n_sequences": len(sequences), "cards": [c.to_json() for c in cards]})
     text = cards_markdown(cards, title=f"Refusal latents ({features.method}): feature cards")
     out.file("cards.md").write_text(text)
