@@ -316,7 +316,9 @@ def compare_steerers(lm: LoadedModel, direction_dir: str | Path, features_dir: s
     test = _test_prompts(config, used)
     steers, setup = build_steerers(lm, direction_dir, features_dir, config, out)
     cells: dict[tuple[str, str], dict[str, Any]] = {}
-    for name, steer in steers.items():
+    order = [n for n in config.steerers if n in steers] + [n for n in steers if n not in config.steerers]  # as asked; baseline last if unasked
+    for name in order:
+        steer = steers[name]
         classes = ("harmless",) if name in INDUCE else ("harmful", "harmless")
         for cls in classes:
             dataset = config.harmful if cls == "harmful" else config.harmless
