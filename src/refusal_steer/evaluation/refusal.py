@@ -187,6 +187,12 @@ def evaluate_refusal(
     completions = generate(
         lm, list(prompts), interventions, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system, progress=progress
     )
+    return _judged(lm, judge_obj, prompts, completions, interventions, ci=ci, seed=seed, dataset=dataset, split=split)
+
+
+def _judged(lm: LoadedModel, judge_obj: Judge, prompts: Sequence[Any], completions: list[Completion], interventions: Sequence[Intervention],
+            *, ci: CiMethod, seed: int, dataset: str | None, split: str | None) -> RefusalResult:
+    """Judge ``completions`` and build the :class:`RefusalResult` (rate, looping rate, record) of ``interventions``."""
     refused = judge_completions(judge_obj, prompts, [c.text for c in completions])
     rate = rate_from_bools(refused, method=ci, seed=seed)
     degenerate = [is_degenerate(c.text) for c in completions]
@@ -223,12 +229,8 @@ def evaluate_refusal_per_prompt(
     completions: list[Completion] = []
     for prompt, steer in tqdm(list(zip(prompts, steers)), desc="per-prompt steers", unit="prompt", disable=not progress):
         completions += generate(lm, [prompt], list(steer), max_new_tokens=max_new_tokens, batch_size=1, system=system, progress=False)
-    refused = judge_completions(judge_obj, prompts, [c.text for c in completions])
-    rate = rate_from_bools(refused, method=ci, seed=seed)
-    degenerate = [is_degenerate(c.text) for c in completions]
+    result = _judged(lm, judge_obj, prompts, completions, (), ci=ci, seed=seed, dataset=dataset, split=split)
     prints = [fingerprint(list(steer)) if steer else "none" for steer in steers]
-    record = make_record("refusal_rate", rate, lm, (), judge=f"{judge_obj.name}@{judge_obj.version}", dataset=dataset, split=split, seed=seed)
-    record = replace(record, steer="per-prompt:" + hashlib.sha256("\n".join(prints).encode()).hexdigest()[:16],
+    record = replace(result.record, steer="per-prompt:" + hashlib.sha256("\n".join(prints).encode()).hexdigest()[:16],
                      steer_spec=[{"kind": "per_prompt", "fingerprints": prints}])
-    return RefusalResult(rate=rate, judge=judge_obj.name, judge_version=judge_obj.version, completions=completions, refused=refused,
-                         degenerate=degenerate, degenerate_rate=rate_from_bools(degenerate, method=ci, seed=seed), record=record)
+    return replace(result, record=record)
