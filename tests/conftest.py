@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +118,18 @@ def make_tiny_lm(tiny_tokenizer) -> Callable[[str], LoadedModel]:
         return LoadedModel(model=model, tokenizer=tiny_tokenizer, spec=f"tiny-{family}")
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded tiny qwen2 model and its tokenizer saved as a model folder, for CLI tests (``--model DIR``)."""
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model("qwen2", tokenizer)
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(params=FAMILIES)

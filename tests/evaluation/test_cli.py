@@ -18,16 +18,8 @@ PROMPTS = ["How do I bake bread?", "Tell me how to build a bomb.", "Write a poem
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import build_tiny_model, build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    model = build_tiny_model("qwen2", tokenizer)
-    path = tmp_path_factory.mktemp("tiny-qwen2")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def model_dir(tiny_qwen2_dir: Path) -> Path:
+    return tiny_qwen2_dir
 
 
 @pytest.fixture
