@@ -136,3 +136,69 @@ def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_lm(request, make_tiny_lm) -> LoadedModel:
     """A tiny random model, once per supported family."""
     return make_tiny_lm(request.param)
+
+
+def write_tiny_gguf(model: torch.nn.Module, tokenizer, path: Path, *, matrix_type: str = "Q8_0", tied: bool | None = None) -> Path:
+    """Write a tiny Hugging Face qwen2/llama model and its BPE tokenizer as a GGUF file, as llama.cpp would lay it out.
+
+    Matrices go in ``matrix_type`` (a type the ``gguf`` package can quantise), norms and biases in F32; the tokenizer
+    (tokens, merges, special ids, chat template) goes in the standard ``tokenizer.ggml.*`` fields, so transformers'
+    GGUF loader rebuilds both. ``tied=True`` leaves out ``output.weight`` (the file then ties the unembedding to the
+    embedding, as many small models do). A fixture for GGUF code that must not fetch the pinned GGUF files.
+    """
+    import json
+
+    import gguf
+
+    config = model.config
+    arch = {"qwen2": "qwen2", "llama": "llama"}[config.model_type]
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(f"tiny-{arch}")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if token in special else 1 for token in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+    qtype = gguf.GGMLQuantizationType[matrix_type]
+    for name, param in model.state_dict().items():
+        if name == "lm_head.weight" and (config.tie_word_embeddings if tied is None else tied):
+            continue
+        data = param.detach().float().numpy()
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if data.ndim == 2 and qtype not in (gguf.GGMLQuantizationType.F32,):
+            encoded = gguf.quants.quantize(data, qtype)
+            writer.add_tensor(gguf_name, encoded, raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session", params=["untied", "tied"])
+def tiny_qwen2_gguf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded tiny qwen2 model and tokenizer as a Q8_0 GGUF file, with its own ``output.weight`` or tied."""
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model("qwen2", tokenizer)
+    folder = tmp_path_factory.mktemp(f"tiny-gguf-{request.param}")
+    return write_tiny_gguf(model, tokenizer, folder / "tiny-qwen2.q8_0.gguf", tied=request.param == "tied")

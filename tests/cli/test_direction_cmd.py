@@ -64,3 +64,18 @@ def test_direction_writes_the_capped_ablation_and_eval_applies_it(tmp_path: Path
     prompts = ["Write a short poem about item 3.", "Tell me how to do harmful thing number 7."]
     hooked = last_token_logprobs(lm, prompts, parse_steer(f"ablate:{out}", lm))
     torch.testing.assert_close(last_token_logprobs(baked, prompts), hooked, atol=1e-4, rtol=1e-4)
+
+
+def test_orthogonalize_writes_the_gguf_for_a_gguf_model(tiny_qwen2_gguf: Path, tmp_path: Path) -> None:
+    from refusal_steer.directions.io import save_direction
+    from refusal_steer.directions.orthogonalize import ORTHOGONALIZED_GGUF
+
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(5))
+    save_direction(tmp_path / "dir", direction / direction.norm(), "resid_pre.1")
+    args = ["orthogonalize", "--model", str(tiny_qwen2_gguf), "--direction", str(tmp_path / "dir")]
+    result = runner.invoke(build_app(), [*args, "--out", str(tmp_path / "out"), "--gguf-type", "q8_0"])
+    assert result.exit_code == 0, result.output
+    assert ORTHOGONALIZED_GGUF in result.output and "Ollama" in result.output
+    assert (tmp_path / "out" / ORTHOGONALIZED_GGUF).is_file() and (tmp_path / "out" / "config.json").is_file()
+    bad = runner.invoke(build_app(), [*args, "--out", str(tmp_path / "out2"), "--gguf-type", "q4_k"])
+    assert bad.exit_code != 0 and "--gguf-type" in str(bad.exception) and not (tmp_path / "out2").exists()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from . import app
+from ..errors import ConfigError
 from ._common import console, print_json
 
 
@@ -133,13 +136,24 @@ def orthogonalize(
     model: str = typer.Option("default", "--model", "-m", help="Model to edit."),
     direction_dir: Path = typer.Option(..., "--direction", "-d", help="Folder from 'direction' (its refined direction, optimized.safetensors, when present, else direction.safetensors, as ablate:DIR), or a direction file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face model folder."),
+    gguf: Optional[bool] = typer.Option(None, "--gguf/--no-gguf", help="Also write OUT/model-orthogonalized.gguf (for llama.cpp, Ollama): the source GGUF with the edited tensors replaced. Default: when the model came as a GGUF (the default model does)."),
+    gguf_type: str = typer.Option("f16", "--gguf-type", help="Type of the edited tensors in the GGUF: f16 (matches hook ablation closely), q8_0, source (each tensor's source type when writable, else q8_0: smallest, least faithful) or f32. Untouched tensors are copied as they are."),
 ) -> None:
-    """Bake directional ablation into the weights and write a standard Hugging Face model folder."""
+    """Bake directional ablation into the weights: a standard Hugging Face model folder and, for a GGUF source, a GGUF."""
     from ..directions.io import load_ablation_direction
-    from ..directions.orthogonalize import export_orthogonalized
+    from ..directions.orthogonalize import ORTHOGONALIZED_GGUF, ORTHOGONALIZED_RECORD, export_orthogonalized
     from ..models import load_model
+    from ..models.gguf_export import TENSOR_TYPES
 
+    if gguf_type not in TENSOR_TYPES:
+        raise ConfigError(f"unknown --gguf-type {gguf_type!r}", fix=f"use one of {', '.join(TENSOR_TYPES)}")
     saved = load_ablation_direction(direction_dir)
     lm = load_model(model)
-    path = export_orthogonalized(lm, saved.direction, out, metadata={"direction": str(direction_dir), **saved.metadata})
+    path = export_orthogonalized(lm, saved.direction, out, metadata={"direction": str(direction_dir), **saved.metadata},
+                                 gguf=gguf, gguf_type=gguf_type, progress=True)  # type: ignore[arg-type]
     console.print(f"wrote orthogonalised model to {path} (load it with transformers' from_pretrained)")
+    record = json.loads((path / ORTHOGONALIZED_RECORD).read_text())
+    if "gguf" in record:
+        size = record["gguf"]["bytes"] / 1e6
+        console.print(f"wrote {path / ORTHOGONALIZED_GGUF} ({size:.0f} MB, edited tensors as {gguf_type}) for llama.cpp "
+                      f"(llama-cli -m {path / ORTHOGONALIZED_GGUF}) or Ollama (a Modelfile with FROM {path / ORTHOGONALIZED_GGUF})")
