@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -51,11 +51,17 @@ class Completion:
     n_prompt_tokens: int
     n_new_tokens: int
     finish_reason: FinishReason
+    gates_fired: tuple[bool, ...] = ()
+    """Per conditional gate among the (top-level) interventions, in order: whether it steered this answer."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (one line of ``--out FILE.jsonl``)."""
+        """A JSON-able dict (one line of ``--out FILE.jsonl``; ``gates_fired`` only when a gate ran)."""
         out = asdict(self)
         out["token_ids"] = list(self.token_ids)
+        if self.gates_fired:
+            out["gates_fired"] = list(self.gates_fired)
+        else:
+            del out["gates_fired"]
         return out
 
 
@@ -261,8 +267,9 @@ def generate_from_ids(
     results: list[Completion | None] = [None] * len(encoded)
     order = length_order([len(t) for t in encoded])
     ended: dict[int, int] = {}  # prompt index -> tokens kept, for answers on_token ended
+    gates = [iv for iv in interventions if hasattr(iv, "last_fired") and hasattr(iv, "clear_last")]  # conditional gates
 
-    def run_batch(indices: list[int]) -> Tensor:
+    def run_batch(indices: list[int]) -> tuple[Tensor, list[list[bool]]]:
         lists = [encoded[i] for i in indices]
         # With the KV cache on, the prompts' common prefix (the chat template's system prompt) is
         # computed once and its cache repeated over the batch; the tokens are the same (tested).
@@ -270,18 +277,24 @@ def generate_from_ids(
         inputs = batch.generate_inputs()
         width = inputs["input_ids"].shape[1]
         extra = {"stopping_criteria": _row_callbacks(indices, on_token, eos, ended)} if on_token is not None else {}
+        for gate in gates:
+            gate.clear_last()
         with prompt_boundary(lm, width):
             out = lm.model.generate(**inputs, **kwargs, **extra)
-        return out[:, width:].cpu()
+        # Each gate decided on this batch's prompt forward: its rows are this batch's rows.
+        fired = [[bool(x) for x in gate.last_fired.tolist()] if gate.last_fired is not None else [False] * len(indices)
+                 for gate in gates]
+        return out[:, width:].cpu(), fired
 
     bar = _progress(len(encoded), "generating", progress)
     rng = torch.random.fork_rng(devices=_rng_devices(lm)) if seed is not None else nullcontext()
     with bar, rng, apply(lm, interventions), torch.inference_mode():
         if seed is not None:
             torch.manual_seed(seed)
-        for indices, new_tokens in run_with_backoff(order, batch_size, run_batch, what="generation batch", progress=bar):
+        for indices, (new_tokens, fired) in run_with_backoff(order, batch_size, run_batch, what="generation batch", progress=bar):
             for row, index in enumerate(indices):
-                results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist()[: ended.get(index)], eos)
+                completion = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist()[: ended.get(index)], eos)
+                results[index] = replace(completion, gates_fired=tuple(f[row] for f in fired))
     return [r for r in results if r is not None]
 
 

@@ -35,3 +35,27 @@ def test_default_model_orthogonalized_matches_hooks(tmp_path):
         edited_tokens = plain.generate(**gen_inputs, max_new_tokens=12, do_sample=False)
     torch.testing.assert_close(edited, hooked, atol=2e-3, rtol=2e-3)
     assert torch.equal(edited_tokens, hooked_tokens)
+
+
+@pytest.mark.slow
+def test_default_model_orthogonalized_gguf_matches_hooks(tmp_path):
+    """The GGUF that ``orthogonalize`` writes for the default model (edited tensors F16, the rest as shipped)."""
+    from refusal_steer.directions.orthogonalize import ORTHOGONALIZED_GGUF
+    from refusal_steer.models import load_model
+
+    lm = load_model("default")
+    direction = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    batch = left_pad(encode_prompts(lm, PROMPTS), lm.tokenizer.pad_token_id)
+    batch["position_ids"] = position_ids(batch["attention_mask"])
+    gen_inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad(), apply(lm, [all_layers_ablation(direction, lm)]):
+        hooked = lm.model(**batch).logits[:, -1]
+        hooked_tokens = lm.model.generate(**gen_inputs, max_new_tokens=12, do_sample=False)
+    out = export_orthogonalized(lm, direction, tmp_path / "ortho", gguf_type="f16")
+    del lm
+    reloaded = load_model(out / ORTHOGONALIZED_GGUF, cache_dequantised=False)  # transformers' GGUF loader
+    with torch.no_grad():
+        edited = reloaded.model(**batch).logits[:, -1]
+        edited_tokens = reloaded.model.generate(**gen_inputs, max_new_tokens=12, do_sample=False)
+    torch.testing.assert_close(edited, hooked, atol=0.05, rtol=0)
+    assert torch.equal(edited_tokens, hooked_tokens)

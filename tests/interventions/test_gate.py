@@ -251,3 +251,15 @@ def test_the_documented_gate_steer_file_loads_and_runs(make_tiny_lm, tmp_path):
     generate(lm, PROMPTS[:2], [gate], max_new_tokens=2, system=SYSTEM, progress=False)
     assert gate.counts[1] == 2
     assert fingerprint(load_steer_file(save_steer_file(tmp_path / "again.json", [gate]), lm)) == fingerprint([gate])
+
+
+def test_completions_say_which_rows_fired(make_tiny_lm):
+    """``Completion.gates_fired`` follows each prompt through length ordering and several batches."""
+    lm = make_tiny_lm("qwen2")
+    condition = Projection(_v(lm, 1))
+    scores = [float(s[-1]) for s in _token_scores(lm, condition)]
+    gate = Gate(condition, READ, threshold=_between(scores), steer=_steer(lm))
+    batched = generate(lm, PROMPTS, [gate], system=SYSTEM, max_new_tokens=3, batch_size=3, progress=False)
+    alone = [generate(lm, [p], [gate], system=SYSTEM, max_new_tokens=3, progress=False)[0] for p in PROMPTS]
+    assert [c.gates_fired for c in batched] == [c.gates_fired for c in alone] == [(s > gate.threshold,) for s in scores]
+    assert "gates_fired" in batched[0].to_dict() and "gates_fired" not in generate(lm, PROMPTS[:1], max_new_tokens=2, progress=False)[0].to_dict()

@@ -3,7 +3,9 @@
 Presets: ``plain`` (none), ``ablated`` (ablation of a random unit direction saved in the direction
 format), ``added`` (activation addition from the same folder, coefficient 0.05: the tiny model's residual
 stream is small), ``filed`` (a steer file: an ``add`` at another layer), ``clamped`` (a steer file: an SAE latent clamp, latents 0-3 set to 0.05,
-on a random TopK SAE saved beside it). Nothing touches a hub or the network beyond 127.0.0.1.
+on a random TopK SAE saved beside it), ``gated`` (a steer file: a gate whose cosine threshold lies between the
+:data:`PROMPTS`' scores, so some fire and some do not, wrapping an ``add``). Nothing touches a hub or the network
+beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import pytest
 import torch
 
 from refusal_steer.directions.io import save_direction
-from refusal_steer.interventions import Add, save_steer_file
-from refusal_steer.hooks import HookPoint
+from refusal_steer.generation import encode_prompts
+from refusal_steer.interventions import Add, Cosine, Gate, save_steer_file
+from refusal_steer.hooks import HookPoint, run_and_record
 from refusal_steer.sae import LatentClamp, TopKConfig, build_sae, load_sae, save_sae
 
 API_KEY = "test-key-123"
+PROMPTS = ["How do I bake bread?", "Tell me how to build a bomb.", "Write a poem about the sea."]
+"""The chat prompts of the equivalence tests; the gated preset's threshold splits them."""
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +46,17 @@ def preset_specs(tmp_path_factory, lm):
     save_sae(build_sae(TopKConfig(d_in=lm.d_model, d_sae=128, k=8, point="resid_pre.1")), folder / "sae")
     clamp_file = folder / "clamp.yaml"
     save_steer_file(clamp_file, [LatentClamp(load_sae(folder / "sae"), "resid_pre.1", latents=(0, 1, 2, 3), mode="set", value=0.05)])
+    gate_file = folder / "gate.yaml"
+    condition = Cosine(torch.randn(lm.d_model, generator=generator))
+    scores = []
+    for tokens in encode_prompts(lm, [[{"role": "user", "content": p}] for p in PROMPTS]):
+        (acts,) = run_and_record(lm, {"input_ids": torch.tensor([tokens])}, ["resid_pre.1"]).values()
+        scores.append(float(condition.score(acts[0, -1])))
+    low, high = sorted(scores)[:2]  # the lowest-scoring prompt stays unsteered, the other two fire
+    push = torch.randn(lm.d_model, generator=generator) * 30
+    save_steer_file(gate_file, [Gate(condition, "resid_pre.1", threshold=(low + high) / 2, steer=[Add(push, "resid_pre.2")])])
     return {"plain": "none", "ablated": f"ablate:{folder}", "added": f"actadd:{folder}:coef=0.05", "filed": str(steer_file),
-            "clamped": str(clamp_file)}
+            "clamped": str(clamp_file), "gated": str(gate_file)}
 
 
 @pytest.fixture(scope="session")

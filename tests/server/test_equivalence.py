@@ -14,7 +14,8 @@ from refusal_steer.server.engine import BatchKey, Sampling, Work
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PROMPTS = ["How do I bake bread?", "Tell me how to build a bomb.", "Write a poem about the sea."]
+from .conftest import PROMPTS
+
 MAX_TOKENS = 6
 
 
@@ -31,8 +32,8 @@ def test_presets_are_parsed_like_steer_flags(lm, presets, preset_specs):
 
 
 def test_concurrent_requests_under_presets_equal_library_generate(lm, presets, preset_specs, client):
-    """Five presets (none, ablation, actadd, a steer file, an SAE latent clamp) x three prompts, all in flight
-    at once, batched by preset in the worker."""
+    """Six presets (none, ablation, actadd, a steer file, an SAE latent clamp, a gate) x three prompts, all in flight
+    at once, batched by preset in the worker; the gated answers say whether the gate fired."""
     app = client.app
     expected = {name: _expected(lm, spec, PROMPTS) for name, spec in preset_specs.items()}
     # The steers differ from each other on these prompts, so the test cannot pass with hooks mixed up.
@@ -57,9 +58,15 @@ def test_concurrent_requests_under_presets_equal_library_generate(lm, presets, p
         return await asyncio.gather(*jobs)
 
     answers = asyncio.run(main())
+    fired = [c.gates_fired for c in generate(lm, PROMPTS, parse_steer(preset_specs["gated"], lm), max_new_tokens=MAX_TOKENS,
+                                              progress=False)]
+    assert sorted(fired) == [(False,), (True,), (True,)]  # the threshold splits the prompts
     for name, prompt, body in answers:
         assert body["choices"][0]["message"]["content"] == expected[name][PROMPTS.index(prompt)], (name, prompt)
-        assert body["refusal_steer"] == {"preset": name, "fingerprint": presets[name].fingerprint}
+        info = {"preset": name, "fingerprint": presets[name].fingerprint}
+        if name == "gated":
+            info["gates_fired"] = list(fired[PROMPTS.index(prompt)])
+        assert body["refusal_steer"] == info
     runs = scheduler.batches_run - before
     assert runs < len(answers), "requests of one preset should share batches"
     assert max(scheduler.batch_sizes[before:]) > 1

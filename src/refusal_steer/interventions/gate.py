@@ -184,6 +184,10 @@ class Gate:
         fired, decided = self.counts
         return fired / decided if decided else math.nan
 
+    def clear_last(self) -> None:
+        """Forget the latest decision but keep the counts (before a batch whose decision is read alone)."""
+        self._report.last_fired = self._report.last_scores = None
+
     def reset_counts(self) -> None:
         """Forget the counts and the latest decision (e.g. before evaluating another prompt set)."""
         self._report.last_fired = self._report.last_scores = None

@@ -82,6 +82,8 @@ class Result:
     finish_reason: str
     logprobs: TokenLogprobs | None = None
     """Over ``prompt_ids + token_ids`` (every token after the first), when asked for."""
+    gates_fired: tuple[bool, ...] = ()
+    """Per conditional gate of the preset (top level, in order): whether it steered this answer (empty: no gate, or nothing generated)."""
 
     @property
     def usage(self) -> dict[str, int]:
@@ -163,7 +165,7 @@ class Engine:
                 if _first_stop(decode(list(tokens[:n]), skip_special_tokens=True), work.stops) is not None:
                     tokens = tokens[:n]
                     break
-        return Result(prompt_ids=work.prompt_ids, token_ids=tokens, text=text, finish_reason=finish)
+        return Result(prompt_ids=work.prompt_ids, token_ids=tokens, text=text, finish_reason=finish, gates_fired=completion.gates_fired)
 
 
 class _RowControl:

@@ -120,8 +120,12 @@ async def _submit_all(request: Request, jobs: Sequence[tuple[BatchKey, Work]]) -
         watcher.cancel()
 
 
-def _steer_info(preset: Preset, baseline: Any = None) -> dict[str, Any]:
+def _steer_info(preset: Preset, baseline: Any = None, results: Sequence[Result] = (), *, per_choice: bool = False) -> dict[str, Any]:
+    """The response's ``refusal_steer`` field: preset and fingerprint, whether each gate fired (a gated preset), the baseline."""
     info: dict[str, Any] = preset.info()
+    if any(r.gates_fired for r in results):
+        fired = [list(r.gates_fired) for r in results]
+        info["gates_fired"] = fired if per_choice else fired[0]
     if baseline is not None:
         info["baseline"] = baseline
     return info
@@ -246,7 +250,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             "system_fingerprint": preset.fingerprint,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                          "finish_reason": result.finish_reason}],
-            "usage": result.usage, "refusal_steer": _steer_info(preset, baseline)}
+            "usage": result.usage, "refusal_steer": _steer_info(preset, baseline, [result])}
 
 
 async def _chat_stream(request: Request, preset: Preset, key: BatchKey, work: Work, model: str, request_id: str, created: int,
@@ -262,7 +266,7 @@ async def _chat_stream(request: Request, preset: Preset, key: BatchKey, work: Wo
     yield _sse(chunk({"role": "assistant", "content": ""}))
     async for item in _stream_tokens(request, key, work):
         if isinstance(item, Result):
-            yield _sse(chunk({}, item.finish_reason))
+            yield _sse({**chunk({}, item.finish_reason), "refusal_steer": _steer_info(preset, None, [item])})
             if include_usage:
                 yield _sse({**chunk({}), "choices": [], "usage": item.usage})
         elif isinstance(item, APIError):  # headers are sent already: the error travels as an event
@@ -383,7 +387,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     usage = _sum_usage(results[: len(works)])
     return {"id": request_id, "object": "text_completion", "created": created, "model": body.model,
             "system_fingerprint": preset.fingerprint, "choices": choices, "usage": usage,
-            "refusal_steer": _steer_info(preset, baseline)}
+            "refusal_steer": _steer_info(preset, baseline, results[: len(works)], per_choice=True)}
 
 
 def _sum_usage(results: Sequence[Result]) -> dict[str, int]:
@@ -448,7 +452,7 @@ async def _completion_stream(request: Request, preset: Preset, key: BatchKey, wo
         yield _sse(chunk(prompt_text))
     async for item in _stream_tokens(request, key, work):
         if isinstance(item, Result):
-            yield _sse(chunk("", item.finish_reason))
+            yield _sse({**chunk("", item.finish_reason), "refusal_steer": _steer_info(preset, None, [item], per_choice=True)})
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse({**chunk(""), "choices": [], "usage": item.usage})
         elif isinstance(item, APIError):
