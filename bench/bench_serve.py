@@ -167,7 +167,7 @@ def main() -> None:
     served_tokens = sum(r["tokens"] for r in ok)
     leaks = [r for r in ok if r["text"] != references[r["preset"]][r["prompt"]]
              and any(r["text"] == references[n][r["prompt"]] for n in specs if n != r["preset"])]
-    wrong_preset = [r for r in ok if r["served_by"] != r["preset"]]
+    wrong_preset = [r for r in ok if r["served_by"] != (r["preset"] if r["preset"] != "plain" else "none")]  # plain asks the bare id
     mismatches = [r for r in ok if r["text"] != references[r["preset"]][r["prompt"]]]
     latencies = sorted(r["latency_s"] for r in ok)
 
