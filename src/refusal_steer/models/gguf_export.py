@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import ConfigError, CorruptFileError, UnsupportedFamilyError
+from .default import default_gguf_path, smollm2_gguf_path
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ def gguf_tensor_names(path: str | Path) -> set[str]:
 
 def gguf_source_path(spec: str) -> Path | None:
     """The GGUF a model spec loads from (``default``, ``smollm2`` or a ``.gguf`` path), or None for other sources."""
-    from .default import default_gguf_path, smollm2_gguf_path
-
     if spec == "default":
         return default_gguf_path()
     if spec == "smollm2":
