@@ -55,7 +55,7 @@ class OptimizeConfig:
     """Weight of the harmless KL term against the compliance cross-entropy."""
     batch_size: int = 16
     """Prompts of each kind per step (8 made the validation KL swing by 0.1 nats between checkpoints on the default model)."""
-    micro_batch: int = 8
+    micro_batch: int = 4
     """Rows per forward+backward within a step (gradients accumulate): bounds the refinement's peak memory; the
     step's loss and gradient are those of the whole batch (up to float rounding of the accumulation)."""
     target_tokens: int = 12
