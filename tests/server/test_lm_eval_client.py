@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from refusal_steer.data import load_dataset
-from refusal_steer.evaluation.capability import ANSWER_PREFILL, LETTERS, evaluate_multiple_choice, mc_user_message
-from refusal_steer.evaluation.capability import stratified_subset
+from refusal_steer.evaluation.capability import (ANSWER_PREFILL, LETTERS, evaluate_multiple_choice, mc_user_message,
+                                                 stratified_subset)
 from refusal_steer.interventions import parse_steer
 from refusal_steer.models.chat import format_chat, tokenize_exact
 
@@ -110,7 +110,8 @@ def _short_mmlu(lm: Any, n: int) -> list[Any]:
     """``n`` pinned MMLU questions whose chat-templated context fits the tiny model's 256-token window."""
     pool = load_dataset("mmlu", subjects=["abstract_algebra", "high_school_mathematics", "us_foreign_policy"])
     window = lm.model.config.max_position_embeddings
-    short = [q for q in pool if len(tokenize_exact(lm.tokenizer, mc_context(lm.tokenizer, q))) + 2 <= window]
+    # + a two-token letter (" B" is two tokens here) + the one token lm-eval asks to generate.
+    short = [q for q in pool if len(tokenize_exact(lm.tokenizer, mc_context(lm.tokenizer, q))) + 3 <= window]
     assert len(short) >= n, f"only {len(short)} short questions"
     return stratified_subset(short, n, seed=0)
 
@@ -129,18 +130,24 @@ def _compare(project: Any, accuracy: float, scores: dict[str, list[float]], *, a
     return max(abs(a - b) for item in project.items for a, b in zip(scores[item["id"]], item["logprobs"]))
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_token_boundaries_match_the_library(live_server, lm, offline):
-    """lm-eval's context/continuation split (encode the whole, cut at the context's length) gives the library's tokens."""
+def _check_token_boundaries(base_url: str, model: str, tokenizer: Any, questions: Sequence[Any]) -> None:
+    """lm-eval's split of each (context, letter) pair is the library's ``tokenize_exact(context)`` + ``tokenize_exact(" A")``."""
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    client = LocalCompletionsAPI(**lm_eval_model_args(live_server, "tiny@ablated"))
-    for q in _short_mmlu(lm, 3):
-        context = mc_context(lm.tokenizer, q)
+    client = LocalCompletionsAPI(**lm_eval_model_args(base_url, model))
+    for q in questions:
+        context = mc_context(tokenizer, q)
         for letter in LETTERS[: len(q.choices)]:
             context_ids, continuation_ids = client._encode_pair(context, f" {letter}")
-            assert context_ids == tokenize_exact(lm.tokenizer, context)
-            assert continuation_ids == tokenize_exact(lm.tokenizer, f" {letter}")
+            assert context_ids == tokenize_exact(tokenizer, context)
+            assert continuation_ids == tokenize_exact(tokenizer, f" {letter}")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_token_boundaries_match_the_library(live_server, lm, offline):
+    """lm-eval encodes context + continuation and cuts at the context's length; that gives the library's tokens
+    (here " B" is two tokens of the tiny vocabulary, " A" one)."""
+    _check_token_boundaries(live_server, "tiny@ablated", lm.tokenizer, _short_mmlu(lm, 3))
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -170,11 +177,12 @@ def test_lm_eval_mmlu_on_default_model(tmp_path, offline):
     app = create_app(lm, load_presets(lm, [f"ablated={spec}"]), ServerConfig(api_key=API_KEY, max_wait_ms=20), model_id="default")
     started = time.monotonic()
     with serve_in_thread(app) as url:
+        _check_token_boundaries(url, "default@ablated", lm.tokenizer, questions[:3])
         accuracy, scores = run_lm_eval(url, "default@ablated", write_task(tmp_path / "task", lm.tokenizer, questions), batch_size=4)
     lm_eval_s = time.monotonic() - started
     started = time.monotonic()
     project = evaluate_multiple_choice(lm, questions, parse_steer(spec, lm), progress=False)
     project_s = time.monotonic() - started
-    largest = _compare(project, accuracy, scores, atol=2e-3)
+    largest = _compare(project, accuracy, scores, atol=1e-3)
     print(f"\nlm-eval acc {accuracy:.4f} ({lm_eval_s:.0f} s), library acc {project.accuracy.value:.4f} ({project_s:.0f} s), "
           f"n={len(questions)}, largest log-likelihood difference {largest:.2e}")
