@@ -10,9 +10,11 @@ beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -93,13 +95,11 @@ def live_server(live):
     return live[0]
 
 
-@pytest.fixture(scope="module")
-def live(lm, presets):
-    """A uvicorn server on 127.0.0.1:PORT in a thread (API key required); yields ``(base URL, app)``."""
-    uvicorn = pytest.importorskip("uvicorn")
-    from refusal_steer.server import ServerConfig, create_app
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a daemon thread; yields its base URL."""
+    import uvicorn
 
-    app = create_app(lm, presets, ServerConfig(api_key=API_KEY, max_wait_ms=20), model_id="tiny")
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -109,6 +109,19 @@ def live(lm, presets):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(lm, presets):
+    """A uvicorn server on 127.0.0.1:PORT in a thread (API key required); yields ``(base URL, app)``."""
+    pytest.importorskip("uvicorn")
+    from refusal_steer.server import ServerConfig, create_app
+
+    app = create_app(lm, presets, ServerConfig(api_key=API_KEY, max_wait_ms=20), model_id="tiny")
+    with serve_in_thread(app) as url:
+        yield url, app
