@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -293,8 +293,8 @@ def generate_from_ids(
             torch.manual_seed(seed)
         for indices, (new_tokens, fired) in run_with_backoff(order, batch_size, run_batch, what="generation batch", progress=bar):
             for row, index in enumerate(indices):
-                completion = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist()[: ended.get(index)], eos)
-                results[index] = replace(completion, gates_fired=tuple(f[row] for f in fired))
+                results[index] = _completion(lm, texts[index], len(encoded[index]), new_tokens[row].tolist()[: ended.get(index)], eos,
+                                             gates_fired=tuple(f[row] for f in fired))
     return [r for r in results if r is not None]
 
 
@@ -331,7 +331,8 @@ def _check_settings(max_new_tokens: int, do_sample: bool, temperature: float, to
         raise ConfigError(f"temperature must be > 0 and top_p in (0, 1], got {temperature}, {top_p}")
 
 
-def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[int], eos: set[int]) -> Completion:
+def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[int], eos: set[int], *,
+                gates_fired: tuple[bool, ...] = ()) -> Completion:
     finish: FinishReason = "length"
     for position, token in enumerate(new):
         if token in eos:
@@ -339,7 +340,8 @@ def _completion(lm: LoadedModel, prompt: PromptLike, n_prompt: int, new: list[in
             finish = "stop"
             break
     text = lm.tokenizer.decode(new, skip_special_tokens=True)
-    return Completion(prompt=prompt, text=text, token_ids=tuple(new), n_prompt_tokens=n_prompt, n_new_tokens=len(new), finish_reason=finish)
+    return Completion(prompt=prompt, text=text, token_ids=tuple(new), n_prompt_tokens=n_prompt, n_new_tokens=len(new), finish_reason=finish,
+                      gates_fired=gates_fired)
 
 
 def _rng_devices(lm: LoadedModel) -> list[Any]:

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from . import app
-from ..errors import ConfigError
 from ._common import console, print_json
 
 
@@ -143,10 +142,9 @@ def orthogonalize(
     from ..directions.io import load_ablation_direction
     from ..directions.orthogonalize import ORTHOGONALIZED_GGUF, ORTHOGONALIZED_RECORD, export_orthogonalized
     from ..models import load_model
-    from ..models.gguf_export import TENSOR_TYPES
+    from ..models.gguf_export import check_tensor_type
 
-    if gguf_type not in TENSOR_TYPES:
-        raise ConfigError(f"unknown --gguf-type {gguf_type!r}", fix=f"use one of {', '.join(TENSOR_TYPES)}")
+    check_tensor_type(gguf_type)  # before the model loads
     saved = load_ablation_direction(direction_dir)
     lm = load_model(model)
     path = export_orthogonalized(lm, saved.direction, out, metadata={"direction": str(direction_dir), **saved.metadata},

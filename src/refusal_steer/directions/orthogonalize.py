@@ -29,6 +29,7 @@ from ..models.gguf_export import (
     SUPPORTED_ARCHS,
     GgufExport,
     TensorType,
+    check_tensor_type,
     gguf_architecture,
     gguf_source_path,
     gguf_tensor_name,
@@ -119,7 +120,7 @@ def export_orthogonalized(
     *,
     metadata: dict | None = None,
     gguf: bool | None = None,
-    gguf_type: TensorType = "source",
+    gguf_type: TensorType = "f16",
     progress: bool = False,
 ) -> Path:
     """Orthogonalise ``lm`` in place and save it as a standard Hugging Face folder (safetensors + tokenizer).
@@ -129,6 +130,7 @@ def export_orthogonalized(
     ``gguf=True`` makes a model that did not come from a GGUF an error instead of a skip.
     """
     out = Path(out_dir)
+    check_tensor_type(gguf_type)
     source = gguf_source_path(lm.spec) if gguf is not False else None
     if gguf and source is None:
         raise UnsupportedFamilyError(
@@ -162,7 +164,7 @@ def export_orthogonalized_gguf(
     source: str | Path,
     out_path: str | Path,
     *,
-    tensor_type: TensorType = "source",
+    tensor_type: TensorType = "f16",
     record: dict | None = None,
     progress: bool = False,
 ) -> GgufExport:

@@ -190,7 +190,7 @@ class Gate:
 
     def reset_counts(self) -> None:
         """Forget the counts and the latest decision (e.g. before evaluating another prompt set)."""
-        self._report.last_fired = self._report.last_scores = None
+        self.clear_last()
         self._report.n_decided = self._report.n_fired = 0
 
     # ------------------------------------------------------------------------------------------ internals

@@ -51,9 +51,18 @@ class GgufExport:
     bytes: int = 0
 
 
+def check_tensor_type(tensor_type: str) -> None:
+    """Reject a ``--gguf-type`` / ``tensor_type`` that is not one of :data:`TENSOR_TYPES`."""
+    if tensor_type not in TENSOR_TYPES:
+        raise ConfigError(f"unknown GGUF tensor type {tensor_type!r}", fix=f"use one of {', '.join(TENSOR_TYPES)} (--gguf-type)")
+
+
 def gguf_architecture(path: str | Path) -> str:
     """The ``general.architecture`` of a GGUF file."""
-    reader = _reader(path)
+    return _architecture(_reader(path), path)
+
+
+def _architecture(reader, path: str | Path) -> str:
     field_ = reader.get_field("general.architecture")
     if field_ is None:
         raise CorruptFileError(f"{path} has no general.architecture field", fix="pass a GGUF written by llama.cpp or the gguf package")
@@ -116,11 +125,10 @@ def write_gguf_with_replacements(
     import gguf
     from tqdm.auto import tqdm
 
-    if tensor_type not in TENSOR_TYPES:
-        raise ConfigError(f"unknown GGUF tensor type {tensor_type!r}", fix=f"use one of {', '.join(TENSOR_TYPES)}")
+    check_tensor_type(tensor_type)
     source, out = Path(source), Path(out)
     reader = _reader(source)
-    arch = gguf_architecture(source)
+    arch = _architecture(reader, source)
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedFamilyError(
             f"GGUF export of an edited {arch!r} model is not supported (only {', '.join(SUPPORTED_ARCHS)})",
