@@ -15,3 +15,4 @@ from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
 from . import serve_cmd  # noqa: F401
+from . import harden_cmd  # noqa: F401
