@@ -191,3 +191,23 @@ def test_head_steer_batched_equals_one_by_one_and_shared_prefix_equals_unshared(
     # tiny GPT-2 answers token 201 whatever it is told; every other family's tokens change too
     assert shared != plain or family == "gpt2", "the head steer changed no token, so the test proves little"
     assert (lp_batched - next_token_logprobs(lm, PROMPTS, batch_size=4, system=SYSTEM)).abs().max() > 1e-2
+
+
+def test_the_docs_example_runs(make_tiny_lm, tmp_path, monkeypatch, capsys):
+    """docs/steers.md's Python block for ``heads:`` runs as written, on a tiny model standing in for the default one."""
+    import re
+    from pathlib import Path
+
+    import refusal_steer as rs
+    import refusal_steer.data
+    from refusal_steer.directions.io import save_direction
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "steers.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text[text.index("## Head steering"):], re.S).group(1)
+    lm = make_tiny_lm("qwen2")
+    monkeypatch.setattr(rs, "load_model", lambda spec, **kw: lm)
+    monkeypatch.setattr(refusal_steer.data, "load_prompts", lambda name, **kw: HARMFUL if name == "advbench" else HARMLESS)
+    monkeypatch.chdir(tmp_path)
+    save_direction(tmp_path / "runs/demo/direction", _direction(lm), "resid_pre.1")
+    exec(compile(block, "docs/steers.md", "exec"), {"__name__": "docs"})
+    assert capsys.readouterr().out.count("head_out.") == 5
