@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,9 @@ class HeadRanking:
     def head_dim(self) -> int:
         return int(self.theta.shape[2])
 
-    @property
+    @cached_property
     def heads(self) -> tuple[HeadScore, ...]:
-        """Every head, highest score first (ties by layer, then head)."""
+        """Every head, highest score first (ties by layer, then head); computed once from the grids."""
         norms = self.theta.norm(dim=-1)
         rows = [HeadScore(layer, head, float(self.score[layer, head]), float(self.harmful[layer, head]), float(self.harmless[layer, head]),
                           float(self.sigma[layer, head]), float(norms[layer, head]))

@@ -44,7 +44,7 @@ def resolve_heads(folder: str, options: dict[str, Any], lm: LoadedModel) -> list
     """``heads:HEADSDIR``: one activation addition per top-``n`` head of the saved ranking (checked against ``lm``)."""
     ranking = load_heads(folder, lm)
     n = options.get("n", min(DEFAULT_N, ranking.n_layers * ranking.n_heads))
-    return list(head_steer(ranking, n, options.get("coef", DEFAULT_COEF), positions=options.get("positions", "all")))
+    return [*head_steer(ranking, n, options.get("coef", DEFAULT_COEF), positions=options.get("positions", "all"))]
 
 
 register_short_form(ShortForm("ablate", resolve_ablate, {"positions": "positions"},
