@@ -10,6 +10,7 @@ from . import eval_cmd  # noqa: F401
 from . import attack_cmd  # noqa: F401
 from . import gen_cmd  # noqa: F401
 from . import direction_cmd  # noqa: F401
+from . import heads_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
