@@ -38,8 +38,8 @@ def setup(tmp_path, make_tiny_lm):
     save_direction(direction_dir, torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3)) * 5, "resid_pre.1",
                    actadd_coef=1.0)
     config = HardenConfig(harmful=f"jsonl:{files['harmful']}", harmless=f"jsonl:{files['harmless']}", overrefusal=(f"jsonl:{files['edgy']}",),
-                          attacks=("suffix", "many-shot"), shots=1, steers=("actadd",), limit=3, n_harmless=4, n_train=6, n_val=3, trials=2,
-                          gate_layers=(1, 2), mmlu=0, arc=0, gsm8k=0, max_new_tokens=3, batch_size=4, generation_batch_size=8)
+                          attacks=("suffix",), shots=1, steers=("actadd",), limit=3, n_harmless=3, n_train=4, n_val=3, trials=2,
+                          gate_layers=(1, 2), mmlu=0, arc=0, gsm8k=0, max_new_tokens=2, batch_size=8, generation_batch_size=8)
     return lm, direction_dir, config
 
 
@@ -71,8 +71,8 @@ def test_harden_writes_the_table_the_plot_and_a_gated_steer_file_and_resumes(set
     assert len(data["strengths"]["actadd"]["trials"]) == 2 and 0.5 <= data["strengths"]["actadd"]["strength"] <= 6.0
     for name in ("baseline", "actadd", "gated:actadd"):
         cells = data["cells"][name]
-        assert {"asr:suffix", "asr:many-shot", f"overrefusal:jsonl:{tmp_path / 'edgy.jsonl'}"} <= set(cells)
-        for key in ("asr:suffix", "asr:many-shot"):
+        assert {"asr:suffix", f"overrefusal:jsonl:{tmp_path / 'edgy.jsonl'}"} <= set(cells)
+        for key in ("asr:suffix",):
             cell = cells[key]
             assert cell["asr"]["n"] == 3 and cell["asr"]["judge"] == "substring@v2" and cell["second_judge"] == "ngram-lr"
             assert cell["agreement"]["n"] == 3
@@ -81,7 +81,7 @@ def test_harden_writes_the_table_the_plot_and_a_gated_steer_file_and_resumes(set
     gated = data["cells"]["gated:actadd"]["asr:suffix"]
     assert gated["gate_decided"] == 3 and 0 <= gated["gate_fired"] <= 3
     assert (out / "pareto.png").stat().st_size > 1000 and "Harm gate" in (out / "harden.md").read_text()
-    assert data["validation"]["gated:actadd"]["n_wrapped"] == 2 * len(prompt_sets(config).val["harmful"])
+    assert data["validation"]["gated:actadd"]["n_wrapped"] == len(prompt_sets(config).val["harmful"])
     if summary["recommended"]:
         loaded = parse_steer(str(out / "steer.yaml"), lm)
         assert isinstance(loaded[0], Gate)
@@ -105,3 +105,41 @@ def test_bad_configs_get_clear_errors():
         HardenConfig(gated=False, ungated=False)
     with pytest.raises(ConfigError, match="limit"):
         HardenConfig(limit=0)
+
+
+def test_head_and_obrien_families_build_from_the_run_folder(setup, tmp_path, monkeypatch):
+    from refusal_steer.features.featureset import FeatureSet, LatentRef
+    from refusal_steer.interventions import Add
+    from refusal_steer.sae import LatentClamp, ReluL1Config, build_sae, save_sae
+
+    lm, direction_dir, config = setup
+    (direction_dir / "refusal_tokens.json").write_text(json.dumps({"token_ids": [5, 17]}))
+    out = harden_module.RunDir(tmp_path / "hdir")
+    sets = prompt_sets(config)
+    ctx = harden_module.HardenContext(lm, direction_dir, out=out, sets=sets, config=config)
+    # heads-N: ranked once on the train prompts into HDIR/heads, then N Adds at head_out points
+    steer = harden_module.family("heads-3").build(ctx, 4.0)
+    assert len(steer) == 3 and all(isinstance(s, Add) and s.point.site.value == "head_out" and s.coef == 4.0 for s in steer)
+    assert (tmp_path / "hdir" / "heads" / "heads.json").is_file()
+    # obrien: candidates from the model's own refusals (every answer counts as one here), screened on val
+    torch.manual_seed(0)
+    sae = build_sae(ReluL1Config(d_in=lm.d_model, d_sae=16, point="resid_pre.1"))
+    save_sae(sae, tmp_path / "sae")
+    fdir = tmp_path / "features"
+    FeatureSet(model="tiny", method="cossim", saes={"s": {"source": str(tmp_path / "sae"), "point": "resid_pre.1", "d_sae": 16}}, skip_tokens=0,
+               sets={"selected": [LatentRef("s", 0, 1.0)]}).save(fdir)
+    ctx.features_dir = fdir
+    monkeypatch.setattr(harden_module, "judge_completions", lambda judge, prompts, texts, **kw: [True] * len(texts))
+    monkeypatch.setattr(harden_module, "refusal_latent_candidates", _all_latents_fire(harden_module.refusal_latent_candidates))
+    clamp = harden_module.family("obrien").build(ctx, 3.0)
+    screen = json.loads((tmp_path / "hdir" / "obrien" / "screen.json").read_text())
+    assert screen["split"] == "val" and 1 <= len(screen["screen"]) <= 5
+    assert isinstance(clamp[0], LatentClamp) and clamp[0].mode == "set" and clamp[0].latents == (screen["chosen"]["index"],)
+    assert clamp[0].value == pytest.approx(3.0 * screen["unit"], rel=1e-3)
+
+
+def _all_latents_fire(find):
+    """Candidates at threshold -inf, so a random tiny SAE yields some (the real filter is tested in tests/features)."""
+    def wrapped(*args, **kwargs):
+        return find(*args, **{**kwargs, "threshold": -1e9, "min_share": 0.01})
+    return wrapped

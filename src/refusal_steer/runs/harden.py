@@ -49,8 +49,11 @@ from ..evaluation.capability import evaluate_gsm8k, evaluate_multiple_choice, st
 from ..evaluation.kl import evaluate_kl
 from ..evaluation.refusal import evaluate_refusal, judge_completions
 from ..evaluation.stats import rate_from_bools
-from ..features.featureset import FeatureSet, induce_steer, load_feature_saes, load_features
-from ..generation import encode_prompts
+from ..directions.heads import HeadRanking, head_steer, load_heads, rank_heads
+from ..directions.scores import last_token_logprobs, refusal_log_odds
+from ..features.featureset import FeatureSet, clamp_steer, induce_steer, load_feature_saes, load_features
+from ..features.hardening import conversations_from_completions, refusal_latent_candidates
+from ..generation import encode_prompts, generate
 from ..batching import record_batch
 from ..hooks import HookPoint, Intervention
 from ..interventions import Gate, Projection, fingerprint, save_steer_file
@@ -245,12 +248,16 @@ def make_gate(gate: dict[str, Any], steer: Sequence[Intervention]) -> Gate:
 
 @dataclass
 class HardenContext:
-    """What the families build from: the model, the direction folder, and the optional features and heads folders."""
+    """What the families build from: the model, the direction folder, the optional features and heads folders, and
+    the run's folder, prompt sets and config (the head ranking and O'Brien's latent are computed there when missing)."""
 
     lm: LoadedModel
     direction_dir: Path
     features_dir: Path | None = None
     heads_dir: Path | None = None
+    out: RunDir | None = None
+    sets: PromptSets | None = None
+    config: HardenConfig | None = None
     _features: FeatureSet | None = None
     _saes: dict[str, Any] | None = None
     _extra: dict[str, Any] = field(default_factory=dict)
@@ -262,6 +269,36 @@ class HardenContext:
             self._features = load_features(self.features_dir)
             self._saes = load_feature_saes(self._features, self.lm)
         return self._features, self._saes or {}
+
+    def heads(self) -> HeadRanking:
+        """The head ranking: ``--heads`` if given, else ranked once on the harmful and harmless train prompts into ``HDIR/heads``."""
+        if "heads" not in self._extra:
+            folder = self.heads_dir or (self.out.file("heads") if self.out is not None else None)
+            if folder is None:
+                raise ConfigError("heads-N needs a head ranking", fix="pass --heads HEADSDIR (from 'refusal-steer heads')")
+            if not (Path(folder) / "heads.json").is_file():
+                if self.heads_dir is not None:
+                    raise ConfigError(f"{folder} holds no heads.json", fix="rank the heads first: refusal-steer heads --direction DIR --out HEADSDIR")
+                assert self.sets is not None and self.config is not None
+                harmful = [p for p in self.sets.train_pos if isinstance(p, str)]
+                harmless = load_prompts(self.config.harmless, split="train", limit=self.config.n_train, seed=self.config.seed)
+                ranking = rank_heads(self.lm, load_direction(self.direction_dir).direction, harmful, harmless, batch_size=self.config.batch_size,
+                                     system=self.config.system, progress=False, metadata={"direction": str(self.direction_dir), "split": "train"})
+                ranking.save(folder)
+            self._extra["heads"] = load_heads(folder, self.lm)
+        return self._extra["heads"]
+
+    def obrien(self) -> tuple[FeatureSet, dict[str, Any], float]:
+        """O'Brien et al.'s latent (``HDIR/obrien``): candidates from the model's own refusals, screened on validation; with its unit."""
+        if "obrien" not in self._extra:
+            assert self.out is not None and self.sets is not None and self.config is not None
+            folder = self.out.file("obrien")
+            if not (folder / "features.json").is_file():
+                obrien_latent(self, folder)
+            features = load_features(folder)
+            info = json.loads((folder / "screen.json").read_text())
+            self._extra["obrien"] = (features, load_feature_saes(features, self.lm), float(info["unit"]))
+        return self._extra["obrien"]
 
 
 @dataclass(frozen=True)
@@ -284,12 +321,79 @@ def _actadd(ctx: HardenContext, strength: float) -> list[Intervention]:
 def _latents_high(ctx: HardenContext, strength: float) -> list[Intervention]:
     features, saes = ctx.features()
     base = float(features.calibration.get("induce", {}).get("value", 0.0)) or float(features.calibration.get("induce", {}).get("mean_max_activation", 1.0))
-    return induce_steer(features, value=round(strength * base, 4), saes=saes)
+    return induce_steer(features, value=float(f"{strength * base:.5g}"), saes=saes)
+
+
+def _heads(ctx: HardenContext, strength: float, n: int = 32) -> list[Intervention]:
+    ranking = ctx.heads()
+    return list(head_steer(ranking, min(n, ranking.n_layers * ranking.n_heads), strength))
+
+
+def _obrien(ctx: HardenContext, strength: float) -> list[Intervention]:
+    features, saes, unit = ctx.obrien()
+    return clamp_steer(features, features.ranked("selected", 1), mode="set", value=float(f"{strength * unit:.5g}"), saes=saes)
+
+
+def obrien_latent(ctx: HardenContext, folder: Path, *, n_screen: int = 5, multiple: float = 8.0) -> None:
+    """Find O'Brien et al.'s single latent and write ``folder/features.json`` (the chosen latent first) and ``screen.json``.
+
+    Candidates: latents of the features' SAEs firing on >= 2 completion tokens of at least half of the model's own
+    refusals to harmful train prompts (minus their activation on harmless answers). The top ``n_screen`` are each
+    set to ``multiple`` x their mean activation over the refusal tokens and screened on validation: the highest gain
+    in refusal log-odds on the wrapped validation goals, less its gain on the safe validation prompts, wins.
+    """
+    assert ctx.sets is not None and ctx.config is not None
+    config, lm = ctx.config, ctx.lm
+    features, saes = ctx.features()
+    points = {name: features.point(name) for name in saes}
+    harmful = [p for p in ctx.sets.train_pos if isinstance(p, str)]
+    harmless = load_prompts(config.harmless, split="train", limit=config.n_train, seed=config.seed)
+    answers = generate(lm, harmful, max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size, system=config.system, progress=False)
+    refused = judge_completions(config.judge, harmful, [a.text for a in answers])
+    refusals = [a for a, r in zip(answers, refused) if r and a.token_ids]
+    if not refusals:
+        raise ConfigError("the model refused none of the harmful train prompts: no refusal latents to find", fix="use another harmful set")
+    safe_answers = generate(lm, harmless, max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size, system=config.system,
+                            progress=False)
+    scan = refusal_latent_candidates(lm, saes, points, conversations_from_completions(lm, refusals, system=config.system), min_tokens=2,
+                                     skip_tokens=features.skip_tokens, batch_size=config.batch_size,
+                                     harmless_conversations=conversations_from_completions(lm, [a for a in safe_answers if a.token_ids],
+                                                                                           system=config.system))
+    if not scan.candidates:
+        raise ConfigError("no latent fires on >= 2 tokens of half the refusals", fix="use SAEs at other layers (--features)")
+    refusal_ids = [int(i) for i in json.loads((ctx.direction_dir / "refusal_tokens.json").read_text())["token_ids"]]
+    wrapped = [m for key, msgs in ctx.sets.val.items() if key.startswith("wrapped:") for m in msgs]
+    safe = [p for key, prompts in ctx.sets.val.items() if not ctx.sets.val_positive[key] for p in prompts]
+    sources = {name: str(info.get("source", name)) for name, info in features.saes.items() if name in saes}
+
+    def odds(prompts: list[Any], steer: list[Intervention]) -> float:
+        return float(refusal_log_odds(last_token_logprobs(lm, prompts, steer, batch_size=config.batch_size, system=config.system), refusal_ids).mean())
+
+    base_wrapped, base_safe = odds(wrapped, []), odds(safe, [])
+    table = []
+    for cand in scan.candidates[:n_screen]:
+        single = scan.feature_set(sources, model=features.model)
+        single.sets["selected"] = [cand.ref()]
+        value = round(multiple * max(cand.refusal_mean, 1e-3), 4)
+        steer = clamp_steer(single, [cand.ref()], mode="set", value=value, saes=saes)
+        gain_wrapped, gain_safe = odds(wrapped, steer) - base_wrapped, odds(safe, steer) - base_safe
+        table.append({"sae": cand.sae, "index": cand.index, "share": cand.share, "mean_tokens": cand.mean_tokens, "refusal_mean": cand.refusal_mean,
+                      "value": value, "wrapped_gain": gain_wrapped, "safe_gain": gain_safe, "score": gain_wrapped - gain_safe})
+    best = max(table, key=lambda r: r["score"])
+    chosen = next(c for c in scan.candidates if (c.sae, c.index) == (best["sae"], best["index"]))
+    out = scan.feature_set(sources, model=features.model)
+    out.sets["selected"] = [chosen.ref()] + [c.ref() for c in scan.candidates if c is not chosen]
+    out.save(folder)
+    write_json(folder / "screen.json", {"unit": max(chosen.refusal_mean, 1e-3), "unit_meaning": "mean activation over refusal tokens",
+                                        "n_refusals": scan.n_refusals, "n_train_harmful": len(harmful), "screen": table, "chosen": best,
+                                        "split": "val", "multiple": multiple})
 
 
 FAMILIES: dict[str, Family] = {
     "actadd": Family(_actadd, 0.5, 6.0, meaning="coefficient of the refusal direction added at its layer and positions"),
     "latents-high": Family(_latents_high, 0.5, 4.0, meaning="multiple of the calibrated induction value the latent set is set to"),
+    "heads": Family(_heads, 1.0, 40.0, log=True, meaning="ITI coefficient on sigma x theta-hat of each steered head"),  # type: ignore[arg-type]
+    "obrien": Family(_obrien, 2.0, 40.0, log=True, meaning="multiple of the latent's mean activation over refusal tokens it is set to"),
 }
 
 
@@ -542,8 +646,9 @@ def harden(lm: LoadedModel, direction_dir: str | Path, out_dir: str | Path, conf
     """Run (or resume) the hardening study; write ``harden.json``, ``pareto.png``, ``harden.md`` and ``steer.yaml``."""
     direction_dir = Path(direction_dir)
     out = RunDir(Path(out_dir))
-    ctx = HardenContext(lm, direction_dir, Path(features_dir) if features_dir else None, Path(heads_dir) if heads_dir else None)
     sets = prompt_sets(config)
+    ctx = HardenContext(lm, direction_dir, Path(features_dir) if features_dir else None, Path(heads_dir) if heads_dir else None, out=out, sets=sets,
+                        config=config)
     selected = load_direction(direction_dir)
     layer = selected.point.layer
     # At or before the direction's layer: a steer at a point the gate reads before also changes the last prompt
