@@ -13,5 +13,6 @@ from . import direction_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
+from . import probe_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
 from . import serve_cmd  # noqa: F401

@@ -238,7 +238,9 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
     prompt_sets = {"train": train_harmful + train_harmless, "test": test_harmful + test_harmless, "ood": wrapped, "plain": goals}
 
     out = RunDir(Path(out_dir))
-    inputs = {"config": asdict(config), "model": lm.spec, "model_sha256": lm.source_sha256, "latents": [r.key() for r in latents],
+    # what the activations depend on (not the judge, l2 or the bootstrap): changing those reuses the cache
+    extraction = {k: v for k, v in asdict(config).items() if k in ("reduce", "batch_size", "system")}
+    inputs = {"extraction": extraction, "model": lm.spec, "model_sha256": lm.source_sha256, "latents": [r.key() for r in latents],
               "control": [r.key() for r in control], "saes": features.saes, "prompts": stable_hash([prompt_sets, layers])}
     if not out.is_done("activations", inputs, ["activations.safetensors"]):
         saes = load_feature_saes(features, lm, [n for n in features.saes if any(r.sae == n for r in latents + control)])
