@@ -212,6 +212,8 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
     latents = features.ranked(config.latent_set, config.k)
     if not latents:
         raise ConfigError(f"the {config.latent_set!r} set of {features_dir} is empty", fix="re-run 'refusal-steer features find' or pick another set")
+    if features.model and features.model != lm.spec:
+        logger.warning("%s was found on model %r, probing %r", features_dir, features.model, lm.spec)
     transcripts = read_transcripts(transcripts_file)
     model_check = check_same_model(lm, transcripts_file, transcripts)
     answered = [t for t in transcripts if t.generated]
@@ -272,7 +274,7 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
                      "in_distribution": ind, "ood": ood, "ood_accuracy": ood["accuracy"]})
     summary = {
         "model": lm.spec, "model_sha256": lm.source_sha256, "features": str(features_dir), "transcripts": str(transcripts_file),
-        "judge": judge, "verdicts": verdict_source, "model_check": model_check,
+        "judge": judge, "verdicts": verdict_source, "model_check": model_check, "features_model": features.model,
         "attacks": sorted({t.attack for t in kept}),
         "labels": {"train/test": "1 = harmful prompt, 0 = harmless prompt",
                    "ood": "1 = the model refused the jailbreak-wrapped prompt (judged verdict on its own last answer)"},
