@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -104,6 +105,7 @@ def plot_probe_accuracy(rows: Sequence[dict], path: Path, *, title: str = "") ->
         ax.hlines(a["value"] * 100, *span, color=color, label=f"{label}, k={row.get('n_features', '?')}")
         ax.fill_between(span, a["lo"] * 100, a["hi"] * 100, color=color, alpha=0.12)
     n = next((r["ood_accuracy"]["n"] for r in rows), 0)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("layer (resid_pre, last prompt token)")
     ax.set_ylabel(f"OOD accuracy (%, n={n})")
     ax.set_ylim(0, 105)
