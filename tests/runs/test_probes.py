@@ -87,6 +87,7 @@ def test_run_probes_end_to_end_and_the_mechanism_equals_a_hand_computation(make_
                          "transcripts": 6, "excluded_no_answer": 0, "excluded_train_overlap": 0}
     assert len(data["latents"]) == len(data["random_latents"]) == 4 and not set(data["latents"]) & set(data["random_latents"])
     for probe in data["probes"]:
+        assert probe["ood"]["judge"] == "substring@v2"
         assert probe["train_n"] == 16 and probe["n_features"] == (lm.d_model if probe["kind"] == "dense" else 4)
         for where, n in (("in_distribution", 8), ("ood", 6)):
             block = probe[where]

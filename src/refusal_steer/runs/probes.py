@@ -268,7 +268,7 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
         probe = fit_probe(tensors[f"train/{key}"], y_train, l2=config.l2)
         train_correct = (probe.predict(tensors[f"train/{key}"]) == y_train).float().mean().item()
         ind = _evaluate(probe, tensors[f"test/{key}"], y_test, config)
-        ood = _evaluate(probe, tensors[f"ood/{key}"], y_ood, config)
+        ood = {**_evaluate(probe, tensors[f"ood/{key}"], y_ood, config), "judge": judge}
         rows.append({"kind": kind, "layer": layer, "point": f"resid_pre.{layer}" if layer is not None else None,
                      "n_features": int(tensors[f"train/{key}"].shape[1]), "train_n": int(y_train.numel()), "train_accuracy": train_correct,
                      "in_distribution": ind, "ood": ood, "ood_accuracy": ood["accuracy"]})
