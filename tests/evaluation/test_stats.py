@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from refusal_steer.errors import ConfigError
-from refusal_steer.evaluation.stats import Rate, bootstrap, mean_with_ci, rate_from_bools, wilson
+from refusal_steer.evaluation.stats import (Rate, auroc, auroc_with_ci, bootstrap, mean_difference_with_ci, mean_with_ci, rate_from_bools,
+                                            wilson)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +91,65 @@ def test_mean_with_ci_and_rate_validation() -> None:
     assert r.to_dict()["method"] == "bootstrap-500-seed0"
     with pytest.raises(ValueError, match="Rate.k"):
         Rate(value=0.5, lo=0.0, hi=1.0, n=2, k=3, method="wilson")
+
+
+def _auroc_by_pairs(scores: list[float], labels: list[bool]) -> float:
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_equals_the_hand_count_of_pairs_with_ties_counted_half() -> None:
+    scores = [0.1, 0.4, 0.35, 0.8, 0.5, 0.5, 0.5]
+    labels = [False, False, True, True, False, True, True]
+    # by hand: positives 0.35, 0.8, 0.5, 0.5 vs negatives 0.1, 0.4, 0.5:
+    # 0.35 beats 0.1 (1); 0.8 beats all (3); each 0.5 beats 0.1 and 0.4 and ties 0.5 (2.5): (1 + 3 + 2.5 + 2.5) / 12
+    assert auroc(scores, labels) == pytest.approx(9 / 12)
+    assert auroc(scores, labels) == pytest.approx(_auroc_by_pairs(scores, labels))
+    rng = np.random.default_rng(3)
+    s, y = rng.integers(0, 5, 40).astype(float), rng.random(40) < 0.4
+    assert auroc(s, y) == pytest.approx(_auroc_by_pairs(list(s), list(y)))
+    assert auroc([1, 2, 3], [False, True, True]) == 1.0 and auroc([3, 2, 1], [False, True, True]) == 0.0
+    with pytest.raises(ConfigError, match="undefined"):
+        auroc([0.1, 0.2], [True, True])
+    with pytest.raises(ConfigError, match="one label per score"):
+        auroc([0.1, 0.2], [True])
+
+
+def test_auroc_with_ci_is_seeded_stratified_and_brackets_the_value() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(60) < 0.3
+    s = rng.normal(size=60) + y * 1.0
+    r = auroc_with_ci(s, y, n_resamples=2000, seed=1)
+    assert isinstance(r, Rate) and r.n == 60 and r.k == int(y.sum()) and r.method.startswith("stratified-bootstrap-2000")
+    assert r.lo <= r.value <= r.hi and 0.0 <= r.lo and r.hi <= 1.0 and r.hi - r.lo > 0.05
+    assert r == auroc_with_ci(s, y, n_resamples=2000, seed=1)
+    # one positive: every stratified resample still has both classes, so the interval is defined
+    one = auroc_with_ci([0.2, 0.1, 0.9, 0.3], [False, False, True, False], n_resamples=500)
+    assert one.value == 1.0 and one.lo == one.hi == 1.0
+    # the per-row AUROC of a resample matches the plain function on the same rows
+    row = np.array([0.3, 0.3, 0.9, 0.1, 0.5])
+    assert auroc(row, [False, False, True, True, True]) == pytest.approx(_auroc_by_pairs(list(row), [False, False, True, True, True]))
+
+
+def test_bootstrap_strata_keep_group_sizes_and_mean_difference() -> None:
+    values = np.array([0.0, 0.0, 0.0, 10.0, 10.0])
+    strata = [0, 1, 0, 1, 0]  # group 0: 0, 0, 10 ; group 1: 0, 10 -> columns laid out group 0 first
+
+    def check(rows: np.ndarray) -> np.ndarray:
+        assert rows.shape[1] == 5
+        assert np.isin(rows[:, :3], [0.0, 10.0]).all() and np.isin(rows[:, 3:], [0.0, 10.0]).all()
+        return rows[:, :3].mean(axis=1)
+
+    lo, hi = bootstrap(values, check, n_resamples=300, strata=strata)
+    assert 0.0 <= lo <= hi <= 10.0
+    with pytest.raises(ConfigError, match="strata"):
+        bootstrap(values, strata=[0, 1])
+    # without strata the stream is unchanged (the same interval as before this option existed)
+    assert bootstrap([0.0, 1.0] * 50, seed=0) == bootstrap([0.0, 1.0] * 50, seed=0, strata=None)
+    d = mean_difference_with_ci([1.0, 2.0, 3.0], [0.5, 1.5], n_resamples=2000)
+    assert d.value == pytest.approx(1.0) and d.lo <= 1.0 <= d.hi and d.n == 5 and d.k is None
+    same = mean_difference_with_ci([2.0, 2.0], [2.0, 2.0, 2.0])
+    assert same.value == same.lo == same.hi == 0.0
+    assert math.isnan(mean_difference_with_ci([], [1.0]).value)

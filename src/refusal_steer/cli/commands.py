@@ -14,6 +14,7 @@ from . import heads_cmd  # noqa: F401
 from . import demo_cmd  # noqa: F401
 from . import run_cmd  # noqa: F401
 from . import features_cmd  # noqa: F401
+from . import probe_cmd  # noqa: F401
 from . import compare_cmd  # noqa: F401
 from . import serve_cmd  # noqa: F401
 from . import harden_cmd  # noqa: F401

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .attribution import attribute, attribute_batch
 from .featureset import FEATURES_FILENAME, FeatureSet, LatentRef, bypass_steer, clamp_steer, induce_steer, load_feature_saes, load_features
 from .hardening import Conversation, LatentCandidate, RefusalLatentScan, conversations_from_completions, refusal_latent_candidates
-from .scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top
+from .scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top, prompt_activations
 from .steerers import hybrid2_steer, hybrid_steer, latent_add_steer, saem3_direction
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "max_activation_diff",
     "max_activations",
     "per_sae_top",
+    "prompt_activations",
     "refusal_latent_candidates",
     "saem3_direction",
 ]

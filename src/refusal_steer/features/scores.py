@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..batching import build_batch, forward
+from ..errors import ConfigError
 from ..generation import encode_prompts, length_order
 from ..hooks import HookPoint, Recorder, StopForward, apply
 from ..models.loaded import LoadedModel
@@ -54,7 +55,7 @@ def latent_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping
 
 def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], prompts: Sequence[str], skip_tokens: int,
                 batch_size: int, reduce: str, system: str | None = None, progress: bool = False) -> dict[str, Tensor]:
-    """Per-prompt reduction (``max`` or ``mean`` over the scored tokens) of every latent: ``{name: (n, d_sae)}``."""
+    """Per-prompt reduction (``max`` or ``mean`` over the scored tokens, or the ``last`` prompt token) of every latent: ``{name: (n, d_sae)}``."""
     from tqdm.auto import tqdm
 
     tokens = encode_prompts(lm, prompts, system=system)
@@ -65,7 +66,9 @@ def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, H
         latents, mask = latent_activations(lm, saes, points, [tokens[i] for i in rows], skip_tokens)
         m = mask.unsqueeze(-1).float()
         for name, z in latents.items():
-            if reduce == "max":
+            if reduce == "last":  # rows are left-padded: the last column is every prompt's last token
+                value = z[:, -1, :]
+            elif reduce == "max":
                 value = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, -torch.inf)).amax(1)
                 value = torch.where(torch.isfinite(value), value, torch.zeros_like(value))
             else:
@@ -78,6 +81,17 @@ def max_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[st
                     skip_tokens: int, batch_size: int = 8, system: str | None = None, progress: bool = False) -> dict[str, Tensor]:
     """Each prompt's max activation of every latent over its tokens after ``skip_tokens``: ``{name: (n, d_sae)}``."""
     return _per_prompt(lm, saes, points, prompts, skip_tokens, batch_size, "max", system, progress)
+
+
+def prompt_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], prompts: Sequence[object], *,
+                       skip_tokens: int, reduce: str = "max", batch_size: int = 8, system: str | None = None,
+                       progress: bool = False) -> dict[str, Tensor]:
+    """One row per prompt of every latent: ``reduce`` is ``max`` (over the tokens after ``skip_tokens``, as
+    :func:`max_activations`), ``mean`` (over the same tokens) or ``last`` (the last prompt token). Prompts may be
+    strings or message lists. Returns ``{name: (n, d_sae)}``."""
+    if reduce not in ("max", "mean", "last"):
+        raise ConfigError(f"reduce must be max, mean or last, got {reduce!r}", fix="use --reduce max or --reduce last")
+    return _per_prompt(lm, saes, points, prompts, skip_tokens, batch_size, reduce, system, progress)  # type: ignore[arg-type]
 
 
 def max_activation_diff(harmful_max: Mapping[str, Tensor], harmless_max: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -103,4 +117,5 @@ def per_sae_top(scores: Mapping[str, Tensor], k: int) -> dict[str, Tensor]:
     return {name: torch.topk(values, min(k, values.shape[-1])).indices for name, values in scores.items()}
 
 
-__all__ = ["cosine_scores", "global_top", "latent_activations", "max_activation_diff", "max_activations", "per_sae_top", "prompt_mask"]
+__all__ = ["cosine_scores", "global_top", "latent_activations", "max_activation_diff", "max_activations", "per_sae_top", "prompt_activations",
+           "prompt_mask"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -74,6 +75,42 @@ def plot_rates(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
     ax.set_ylabel("refusal rate (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_probe_accuracy(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
+    """Out-of-distribution accuracy of probes against layer, with 95% CI bands.
+
+    Each row has ``kind`` (``dense``, ``latents``, ``random_latents``), ``layer`` (``None`` for probes that span
+    several layers, drawn as horizontal lines) and ``ood_accuracy`` as ``{"value", "lo", "hi", "n"}``.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    dense = sorted((r for r in rows if r["kind"] == "dense"), key=lambda r: r["layer"])
+    layers = [r["layer"] for r in dense]
+    if dense:
+        acc = np.array([[r["ood_accuracy"]["value"], r["ood_accuracy"]["lo"], r["ood_accuracy"]["hi"]] for r in dense]) * 100
+        ax.plot(layers, acc[:, 0], marker="o", color="tab:blue", label="dense residual (per layer)")
+        ax.fill_between(layers, acc[:, 1], acc[:, 2], color="tab:blue", alpha=0.15)
+    span = (min(layers) - 0.5, max(layers) + 0.5) if layers else (0.0, 1.0)
+    styles = {"latents": ("tab:red", "refusal latents"), "random_latents": ("tab:gray", "random latents (control)")}
+    for row in rows:
+        if row["kind"] not in styles:
+            continue
+        color, label = styles[row["kind"]]
+        a = row["ood_accuracy"]
+        ax.hlines(a["value"] * 100, *span, color=color, label=f"{label}, k={row.get('n_features', '?')}")
+        ax.fill_between(span, a["lo"] * 100, a["hi"] * 100, color=color, alpha=0.12)
+    n = next((r["ood_accuracy"]["n"] for r in rows), 0)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("layer (resid_pre, last prompt token)")
+    ax.set_ylabel(f"OOD accuracy (%, n={n})")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "probes on jailbreak-wrapped prompts (label: the model refused)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
