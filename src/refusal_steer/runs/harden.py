@@ -423,14 +423,18 @@ def _val_refusal(lm: LoadedModel, prompts: list[Any], steer: list[Intervention],
     return result.rate.value, result.degenerate_rate.value, result.rate.n
 
 
-def search_strength(ctx: HardenContext, name: str, sets: PromptSets, config: HardenConfig, storage: str) -> dict[str, Any]:
-    """Optuna over the family's strength: maximise judged refusal of the wrapped val goals, loops above ``max_loop_rate`` infeasible."""
+def search_strength(ctx: HardenContext, name: str, sets: PromptSets, config: HardenConfig, storage: str, key: str = "") -> dict[str, Any]:
+    """Optuna over the family's strength: maximise judged refusal of the wrapped val goals, loops above ``max_loop_rate`` infeasible.
+
+    ``key`` names what the study depends on beyond the prompts (model, direction, features), so a study is resumed
+    only for the same inputs.
+    """
     import optuna
 
     fam = family(name)
     wrapped = [m for key, msgs in sets.val.items() if key.startswith("wrapped:") for m in msgs]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=f"{name}-{stable_hash([wrapped, config.judge, config.max_new_tokens, config.seed])}", storage=storage,
+    study = optuna.create_study(study_name=f"{name}-{stable_hash([wrapped, config.judge, config.max_new_tokens, config.seed, key])}", storage=storage,
                                 direction="maximize", load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=config.seed))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     for _ in range(max(0, config.trials - len(done))):
@@ -659,7 +663,8 @@ def harden(lm: LoadedModel, direction_dir: str | Path, out_dir: str | Path, conf
         raise ConfigError(f"gate layers {bad} are outside 0..{lm.n_layers - 1}", fix="give layers of this model")
 
     # 1. the gate
-    gate_inputs = {"config": asdict(config), "layers": list(layers), "model": model_spec, "direction": str(direction_dir)}
+    prompt_fields = {k: getattr(config, k) for k in ("harmful", "harmless", "overrefusal", "attacks", "shots", "n_train", "n_val", "seed", "system")}
+    gate_inputs = {"prompts": prompt_fields, "layers": list(layers), "model": model_spec, "direction": str(direction_dir)}
     if not out.is_done("gate", gate_inputs, ["gate.json", "gate.safetensors"]):
         t0 = time.time()
         gate = fit_gate(lm, sets, layers, batch_size=config.batch_size, system=config.system)
@@ -674,9 +679,12 @@ def harden(lm: LoadedModel, direction_dir: str | Path, out_dir: str | Path, conf
     storage = f"sqlite:///{out.file('optuna.db')}"
     strengths_file = out.file("strengths.json")
     strengths: dict[str, Any] = json.loads(strengths_file.read_text()) if strengths_file.is_file() else {}
+    strength_key = stable_hash([prompt_fields, config.judge, config.max_new_tokens, config.max_loop_rate, model_spec, str(direction_dir),
+                                str(features_dir), str(heads_dir)])
     for name in config.steers:
-        if name not in strengths or len(strengths[name].get("trials", [])) < config.trials:
-            strengths[name] = search_strength(ctx, name, sets, config, storage)
+        entry = strengths.get(name, {})
+        if entry.get("key") != strength_key or len(entry.get("trials", [])) < config.trials:
+            strengths[name] = {**search_strength(ctx, name, sets, config, storage, strength_key), "key": strength_key}
             write_json(strengths_file, strengths)
     steers: dict[str, list[Intervention]] = {"baseline": []}
     for name in config.steers:
