@@ -162,3 +162,30 @@ def test_upstream_downstream_on_categories(setup, tmp_path):
         assert not set(map(tuple, cat["specific"])) & set(map(tuple, saved["common"]))
     with pytest.raises(ConfigError, match="semantic categories"):
         upstream_downstream(lm, direction_dir, refs, tmp_path / "up2", UpstreamConfig(dataset=f"jsonl:{data}", min_prompts=1000), progress=False)
+
+
+def test_induce_calibration_stops_once_the_smallest_value_reaches_the_target(monkeypatch):
+    """Multipliers past the first that reaches 0.9 within the loop limit cannot be chosen, so they are not generated."""
+    from types import SimpleNamespace
+
+    from refusal_steer.features import LatentRef
+
+    refs = [LatentRef("s", 0, 1.0), LatentRef("s", 1, 0.5)]
+    features = SimpleNamespace(ranked=lambda which, k: refs)
+    tensors = {"harmful_max/s": torch.tensor([[2.0, 4.0], [2.0, 4.0]])}
+    rates = {3.0: 0.5, 6.0: 0.95, 12.0: 1.0, 24.0: 1.0}
+    seen = []
+
+    def fake_eval(lm, prompts, steer, **kwargs):
+        seen.append(steer)
+        return SimpleNamespace(rate=SimpleNamespace(value=rates[steer], n=8), ci95=(0.0, 1.0), degenerate_rate=SimpleNamespace(value=0.0))
+
+    monkeypatch.setattr(features_module, "clamp_steer", lambda features, latents, mode, value, saes: value)
+    monkeypatch.setattr(features_module, "evaluate_refusal", fake_eval)
+    config = FeaturesConfig(k=2, k_grid=(2,), induce_multipliers=(1.0, 2.0, 4.0, 8.0))
+    out = features_module._calibrate_induce(None, features, {}, ["p"], tensors, config, progress=False)
+    assert seen == [3.0, 6.0] and out["value"] == 6.0 and len(out["table"]) == 2
+    # unsorted multipliers: a smaller one left to try keeps the search going
+    seen.clear()
+    config = FeaturesConfig(k=2, k_grid=(2,), induce_multipliers=(2.0, 1.0, 4.0))
+    assert features_module._calibrate_induce(None, features, {}, ["p"], tensors, config, progress=False)["value"] == 6.0 and seen == [6.0, 3.0]

@@ -81,6 +81,7 @@ def test_harden_writes_the_table_the_plot_and_a_gated_steer_file_and_resumes(set
     gated = data["cells"]["gated:actadd"]["asr:suffix"]
     assert gated["gate_decided"] == 3 and 0 <= gated["gate_fired"] <= 3
     assert (out / "pareto.png").stat().st_size > 1000 and "Harm gate" in (out / "harden.md").read_text()
+    assert 'src="pareto.png"' in (out / "harden.html").read_text()
     assert data["validation"]["gated:actadd"]["n_wrapped"] == len(prompt_sets(config).val["harmful"])
     if summary["recommended"]:
         loaded = parse_steer(str(out / "steer.yaml"), lm)

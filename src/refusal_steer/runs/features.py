@@ -201,7 +201,7 @@ def _calibrate_induce(lm: LoadedModel, features: FeatureSet, saes: dict[str, Sae
     latents = features.ranked("selected", config.k)
     scale = _mean_max(features, latents, tensors)
     table = []
-    for m in config.induce_multipliers:
+    for i, m in enumerate(config.induce_multipliers):
         value = round(m * scale, 4)
         steer = clamp_steer(features, latents, mode="set", value=value, saes=saes)
         result = evaluate_refusal(lm, val_harmless, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
@@ -209,6 +209,11 @@ def _calibrate_induce(lm: LoadedModel, features: FeatureSet, saes: dict[str, Sae
         table.append({"multiplier": m, "value": value, "judged_refusal": result.rate.value, "n": result.rate.n, "ci95": list(result.ci95),
                       "loop_rate": result.degenerate_rate.value})
         logger.info("induce value %.3f: refusal %.3f, loops %.3f", value, result.rate.value, result.degenerate_rate.value)
+        reached = [r["multiplier"] for r in table if r["judged_refusal"] >= 0.9 and r["loop_rate"] <= config.max_loop_rate]
+        if reached and all(x > min(reached) for x in config.induce_multipliers[i + 1:]):
+            # The smallest value reaching 0.9 within the loop limit wins and every multiplier left is larger: they
+            # cannot change the choice, so they are not generated.
+            break
     ok = [r for r in table if r["loop_rate"] <= config.max_loop_rate] or table
     reaching = [r for r in ok if r["judged_refusal"] >= 0.9]
     best = min(reaching, key=lambda r: r["value"]) if reaching else max(ok, key=lambda r: (r["judged_refusal"], -r["value"]))

@@ -14,7 +14,7 @@ resumable from ``HDIR``:
 3. ``cells``: every steer, unconditional and gated, on **test** prompts: attack success rate per attack family,
    over-refusal on the over-refusal and harmless test sets, harmless KL, looping, MMLU, ARC-Challenge and GSM8K,
    each a result record; refusal-type rates under both judges with their agreement (``cells/*.json``).
-4. ``harden.json``, ``pareto.png`` (mean ASR against MMLU and against over-refusal), ``harden.md`` and
+4. ``harden.json``, ``pareto.png`` (mean ASR against MMLU and against over-refusal), ``harden.md``, ``harden.html`` and
    ``steer.yaml``: the recommended gated steer, chosen on validation (the highest validation refusal of
    wrapped goals among gated steers whose validation over-refusal rises by at most ``max_overrefusal_rise``).
 
@@ -59,7 +59,7 @@ from ..hooks import HookPoint, Intervention
 from ..interventions import Gate, Projection, fingerprint, save_steer_file
 from ..interventions.registry import walk
 from ..models.loaded import LoadedModel
-from ..sae.corpus import template_prefix_length
+from ..report.render import markdown_to_html
 from .rundir import RunDir, stable_hash, write_json
 
 logger = logging.getLogger(__name__)
@@ -734,7 +734,9 @@ def harden(lm: LoadedModel, direction_dir: str | Path, out_dir: str | Path, conf
                "judges": [config.judge] + ([config.second_judge] if config.second_judge else [])}
     write_json(out.file("harden.json"), summary)
     _pareto_plot(rows, out.file("pareto.png"))
-    out.file("harden.md").write_text(harden_markdown(summary))
+    text = harden_markdown(summary)
+    out.file("harden.md").write_text(text)
+    out.file("harden.html").write_text(markdown_to_html(text + "\n![attack success vs its costs](pareto.png)\n", title="refusal-steer hardening"))
     return summary
 
 
