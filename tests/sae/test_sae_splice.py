@@ -117,3 +117,14 @@ def test_spliced_metrics_without_the_error_pass_give_the_same_other_numbers(lm) 
     assert short.ce_spliced_with_error is None and short.kl_spliced_with_error is None
     assert (short.ce_clean, short.ce_spliced, short.ce_zero_ablation, short.ce_recovered, short.kl_spliced) == (
         full.ce_clean, full.ce_spliced, full.ce_zero_ablation, full.ce_recovered, full.kl_spliced)
+
+
+def test_final_hidden_then_unembed_is_the_models_logits(tiny_lm) -> None:
+    """The spliced pass never builds whole-sequence logits; chunks of unembedded hidden states equal them on every family."""
+    from refusal_steer.sae.metrics import final_hidden, unembed
+
+    inputs = _inputs(tiny_lm)
+    with torch.no_grad():
+        expected = tiny_lm.model(**inputs, use_cache=False).logits
+        got = unembed(tiny_lm, final_hidden(tiny_lm, inputs))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -203,22 +203,56 @@ def _next_token_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[
     return ce, logp, valid
 
 
-def _row_stats(logits: Tensor, input_ids: Tensor, clean_logits: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Per-position CE ``(batch, seq - 1)`` and, given ``clean_logits``, per-position KL(clean || this), one row at a time.
+def final_hidden(lm: LoadedModel, inputs: Mapping[str, Tensor]) -> Tensor:
+    """The decoder's output ``(batch, seq, d_model)`` after its final norm: what the unembedding reads.
 
-    Log-softmax, the gather and the sum over the vocabulary are per position, so computing them row by row
-    gives the same values as on the whole batch while only one row's ``(seq, vocab)`` log-probabilities exist
-    at a time (a whole batch of them is 1.2 GB at 8 x 256 tokens and a 150k vocabulary).
+    Runs ``lm.model.base_model`` (the same modules, so installed hooks fire) instead of the causal-LM head, so no
+    ``(batch, seq, vocab)`` logits tensor is ever made; :func:`unembed` turns chunks of it into logits.
+    """
+    return lm.model.base_model(**inputs, use_cache=False).last_hidden_state
+
+
+def unembed(lm: LoadedModel, hidden: Tensor) -> Tensor:
+    """Logits of ``hidden`` (``(..., d_model)`` from :func:`final_hidden`) exactly as the causal-LM head makes them
+    (the output embedding, then Cohere's/Granite's logit scale and Gemma's final soft-capping where the model has them)."""
+    logits = lm.model.get_output_embeddings()(hidden)
+    scale = getattr(lm.model, "logit_scale", None)  # Cohere multiplies, Granite divides
+    if isinstance(scale, (int, float)):
+        logits = logits * scale
+    divide = getattr(lm.model.config, "logits_scaling", None)
+    if isinstance(divide, (int, float)) and divide not in (0, 1):
+        logits = logits / divide
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _row_stats(lm: LoadedModel, hidden: Tensor, input_ids: Tensor, clean_hidden: Tensor | None = None,
+               chunk: int = 64) -> tuple[Tensor, Tensor | None]:
+    """Per-position CE ``(batch, seq - 1)`` and, given ``clean_hidden``, per-position KL(clean || this).
+
+    Log-softmax, the gather and the sum over the vocabulary are per position, so computing them ``chunk``
+    positions at a time gives the same values as on the whole batch while only ``(chunk, vocab)`` logits and
+    log-probabilities exist at once (whole-batch logits are 1.2 GB at 8 x 256 tokens and a 150k vocabulary).
     """
     ces, kls = [], []
-    for row in range(logits.shape[0]):
-        ce, logp, _ = _next_token_stats(logits[row : row + 1], input_ids[row : row + 1], torch.ones_like(input_ids[row : row + 1]))
-        ces.append(ce)
-        if clean_logits is not None:
-            logp0 = torch.log_softmax(clean_logits[row : row + 1, :-1].float(), dim=-1)
-            kls.append((logp0.exp() * (logp0 - logp)).sum(-1))
-        del logp
-    return torch.cat(ces), (torch.cat(kls) if clean_logits is not None else None)
+    width = hidden.shape[1] - 1
+    for row in range(hidden.shape[0]):
+        ce_row, kl_row = [], []
+        for start in range(0, width, chunk):
+            end = min(width, start + chunk)
+            logp = torch.log_softmax(unembed(lm, hidden[row, start:end]).float(), dim=-1)
+            target = input_ids[row, start + 1:end + 1]
+            ce_row.append(-logp.gather(-1, target.unsqueeze(-1)).squeeze(-1))
+            if clean_hidden is not None:
+                logp0 = torch.log_softmax(unembed(lm, clean_hidden[row, start:end]).float(), dim=-1)
+                kl_row.append((logp0.exp() * (logp0 - logp)).sum(-1))
+            del logp
+        ces.append(torch.cat(ce_row).unsqueeze(0))
+        if clean_hidden is not None:
+            kls.append(torch.cat(kl_row).unsqueeze(0))
+    return torch.cat(ces), (torch.cat(kls) if clean_hidden is not None else None)
 
 
 @torch.no_grad()
@@ -260,10 +294,10 @@ def spliced_metrics(
         mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"]))
         inputs["attention_mask"] = mask
         ids = inputs["input_ids"]
-        # Full-vocabulary logits exist for at most two passes at a time (the clean one and the current one) and
-        # log-probabilities for one row: the same sums as with whole-batch tensors, a fraction of the memory.
-        clean_logits = lm.model(**inputs, use_cache=False).logits
-        ce0, _ = _row_stats(clean_logits, ids)
+        # Only final hidden states are kept per pass (d_model wide, not vocab wide); logits and log-probabilities
+        # exist for 64 positions at a time: the same sums as with whole-batch tensors, a fraction of the memory.
+        clean_hidden = final_hidden(lm, inputs)
+        ce0, _ = _row_stats(lm, clean_hidden, ids)
         valid = (mask[:, 1:] & mask[:, :-1]).bool()
         if skip_tokens > 0:
             from ..generation import position_ids
@@ -273,10 +307,10 @@ def spliced_metrics(
         passes = (("spliced", splice), ("err", splice_err), ("zero", zero)) if with_error else (("spliced", splice), ("zero", zero))
         for name, iv in passes:
             with apply(lm, [iv]):
-                logits = lm.model(**inputs, use_cache=False).logits
-            results[name] = _row_stats(logits, ids, clean_logits if name != "zero" else None)
-            del logits
-        del clean_logits
+                hidden = final_hidden(lm, inputs)
+            results[name] = _row_stats(lm, hidden, ids, clean_hidden if name != "zero" else None)
+            del hidden
+        del clean_hidden
         sums["clean"] += float(ce0[valid].sum())
         for name in results:
             sums[name] += float(results[name][0][valid].sum())
