@@ -206,10 +206,20 @@ def _next_token_stats(logits: Tensor, input_ids: Tensor, mask: Tensor) -> tuple[
 def final_hidden(lm: LoadedModel, inputs: Mapping[str, Tensor]) -> Tensor:
     """The decoder's output ``(batch, seq, d_model)`` after its final norm: what the unembedding reads.
 
-    Runs ``lm.model.base_model`` (the same modules, so installed hooks fire) instead of the causal-LM head, so no
-    ``(batch, seq, vocab)`` logits tensor is ever made; :func:`unembed` turns chunks of it into logits.
+    The model's own forward runs (so the project's hooks see the batch's positions) with ``logits_to_keep=1``, and
+    the final norm's output is read by a hook: no ``(batch, seq, vocab)`` logits tensor is ever made, and
+    :func:`unembed` turns chunks of the hidden states into logits.
     """
-    return lm.model.base_model(**inputs, use_cache=False).last_hidden_state
+    from ..models.adapters import get_submodule
+
+    captured: list[Tensor] = []
+    norm = get_submodule(lm.model, lm.adapter.final_norm)
+    handle = norm.register_forward_hook(lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output))
+    try:
+        lm.model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[-1]
 
 
 def unembed(lm: LoadedModel, hidden: Tensor) -> Tensor:
