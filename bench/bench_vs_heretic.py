@@ -15,7 +15,8 @@ objectives: KL divergence on harmless prompts and the refusal count on harmful o
    automatic search would generate 100 tokens twice at batch sizes 1 to 128), ``response_prefix = ""`` (the
    model has no thinking block; the automatic check would generate 200 answers of 100 tokens),
    ``dtypes = ["float32"]`` (the folder's dtype, as our evaluation uses), ``seed = 0`` and
-   ``export_strategy = "merge"``. ``bench/_heretic_driver.py`` answers heretic's menus: it picks the
+   ``export_strategy = "merge"``; heretic keeps its own system prompt ("You are a helpful assistant.") for its
+   search, while step 3 scores every condition with the model's template default. ``bench/_heretic_driver.py`` answers heretic's menus: it picks the
    Pareto-front trial with the fewest refusals whose KL is at most ``--kl-max`` (0.1, the ceiling
    ``refusal-steer compare`` calibrates its latent steer to) and saves the merged model; nothing is uploaded.
 3. scores, on the held-out test prompts (AdvBench test and harmless test, ``--limit`` each, the ones
