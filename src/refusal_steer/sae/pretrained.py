@@ -2,7 +2,8 @@
 
 ``load_sae("default")`` (or ``--sae default`` on the command line) gives the TopK SAE trained on the
 default model at the layer its refusal direction is selected at (``resid_pre.14``);
-``default-resid_pre.13`` and ``default-resid_pre.15`` are the same recipe at the layers next to it. Each folder holds ``cfg.json``,
+``default-resid_pre.13`` and ``default-resid_pre.15`` are the same recipe at the layers next to it, and
+``default-resid_pre.10`` ... ``.12``, ``.16`` ... ``.18`` extend the band (TopK, 5120 latents, k = 64). Each folder holds ``cfg.json``,
 ``sae_weights.safetensors``, ``training.json`` and a ``README.md`` with the exact command that trained
 it and its held-out metrics (also in ``docs/results.md``).
 """
@@ -17,6 +18,9 @@ _ROOT = Path(__file__).resolve().parent / "pretrained_weights"
 SHIPPED: dict[str, str] = {
     "default": "default-resid_pre.14-topk-8192",
     **{f"default-resid_pre.{layer}{suffix}": f"default-resid_pre.{layer}-topk-8192" for layer in (13, 14, 15) for suffix in ("", "-topk-8192")},
+    # The band where refusal is written (issue #16): narrower, so nine SAEs fit 200 MiB (docs/sae.md).
+    **{f"default-resid_pre.{layer}{suffix}": f"default-resid_pre.{layer}-topk-5120" for layer in (10, 11, 12, 16, 17, 18)
+       for suffix in ("", "-topk-5120")},
 }
 
 
