@@ -147,6 +147,16 @@ class PromptSets:
     test_safe: dict[str, list[str]]
     test_harmless: list[str]
 
+    @property
+    def val_wrapped(self) -> list[Any]:
+        """Every attack-wrapped validation goal (what the strengths and the recommendation are judged on)."""
+        return [m for key, msgs in self.val.items() if key.startswith("wrapped:") for m in msgs]
+
+    @property
+    def val_safe(self) -> list[Any]:
+        """Every safe validation prompt (harmless and over-refusal sets)."""
+        return [p for key, prompts in self.val.items() if not self.val_positive[key] for p in prompts]
+
 
 def wrap_goals(goals: Sequence[Goal], families: Sequence[str], *, shots: int, seed: int) -> dict[str, list[list[dict[str, str]]]]:
     """Each goal as the message list every single-turn family would send (the attacks' own ``build``)."""
@@ -362,8 +372,7 @@ def obrien_latent(ctx: HardenContext, folder: Path, *, n_screen: int = 5, multip
     if not scan.candidates:
         raise ConfigError("no latent fires on >= 2 tokens of half the refusals", fix="use SAEs at other layers (--features)")
     refusal_ids = [int(i) for i in json.loads((ctx.direction_dir / "refusal_tokens.json").read_text())["token_ids"]]
-    wrapped = [m for key, msgs in ctx.sets.val.items() if key.startswith("wrapped:") for m in msgs]
-    safe = [p for key, prompts in ctx.sets.val.items() if not ctx.sets.val_positive[key] for p in prompts]
+    wrapped, safe = ctx.sets.val_wrapped, ctx.sets.val_safe
     sources = {name: str(info.get("source", name)) for name, info in features.saes.items() if name in saes}
 
     def odds(prompts: list[Any], steer: list[Intervention]) -> float:
@@ -432,7 +441,7 @@ def search_strength(ctx: HardenContext, name: str, sets: PromptSets, config: Har
     import optuna
 
     fam = family(name)
-    wrapped = [m for key, msgs in sets.val.items() if key.startswith("wrapped:") for m in msgs]
+    wrapped = sets.val_wrapped
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=f"{name}-{stable_hash([wrapped, config.judge, config.max_new_tokens, config.seed, key])}", storage=storage,
                                 direction="maximize", load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=config.seed))
@@ -637,8 +646,7 @@ def _recommend(val_rows: dict[str, dict[str, Any]], config: HardenConfig) -> str
 
 
 def _val_check(lm: LoadedModel, name: str, steer: list[Intervention], sets: PromptSets, config: HardenConfig, base: dict[str, float]) -> dict[str, Any]:
-    wrapped = [m for key, msgs in sets.val.items() if key.startswith("wrapped:") for m in msgs]
-    safe = [p for key, prompts in sets.val.items() if not sets.val_positive[key] for p in prompts]
+    wrapped, safe = sets.val_wrapped, sets.val_safe
     _reset(steer)
     refusal, loops, _ = _val_refusal(lm, wrapped, steer, config)
     safe_rate, safe_loops, _ = _val_refusal(lm, safe, steer, config)
@@ -699,7 +707,7 @@ def harden(lm: LoadedModel, direction_dir: str | Path, out_dir: str | Path, conf
     # validation check of every steer (the recommendation is made here, never on test)
     val_file = out.file("validation.json")
     val_rows: dict[str, Any] = json.loads(val_file.read_text()) if val_file.is_file() else {}
-    safe = [p for key, prompts in sets.val.items() if not sets.val_positive[key] for p in prompts]
+    safe = sets.val_safe
     if "baseline" not in val_rows:
         rate, loops, _ = _val_refusal(lm, safe, [], config)
         val_rows["baseline"] = {"safe_refusal": rate, "loop_rate": loops}
