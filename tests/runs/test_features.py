@@ -31,7 +31,7 @@ def setup(tmp_path, make_tiny_lm):
         sae = build_sae(TopKConfig(d_in=lm.d_model, d_sae=32, k=4, point=f"resid_pre.{layer}"))
         save_sae(sae, tmp_path / f"sae{layer}")
         refs.append(str(tmp_path / f"sae{layer}"))
-    config = FeaturesConfig(harmful=f"jsonl:{harmful}", harmless=f"jsonl:{harmless}", n_train=6, n_val=4, ig_steps=2, k=4, k_grid=(2, 4),
+    config = FeaturesConfig(harmful=f"jsonl:{harmful}", harmless=f"jsonl:{harmless}", n_train=6, n_val=4, ig_steps=2, k=4, k_grid=(2, 4), max_harmless_firing=1.0,
                             scale_grid=(0.0, -1.0), induce_multipliers=(1.0, 2.0), max_new_tokens=3, judge_top=2, batch_size=4, card_tokens=400)
     return lm, direction_dir, refs, config
 
@@ -189,3 +189,26 @@ def test_induce_calibration_stops_once_the_smallest_value_reaches_the_target(mon
     seen.clear()
     config = FeaturesConfig(k=2, k_grid=(2,), induce_multipliers=(2.0, 1.0, 4.0))
     assert features_module._calibrate_induce(None, features, {}, ["p"], tensors, config, progress=False)["value"] == 6.0 and seen == [6.0, 3.0]
+
+
+def test_selected_set_leaves_out_latents_firing_on_most_harmless_prompts():
+    """With max_harmless_firing < 1 the selected set skips latents active on most harmless prompts; the method's own set keeps them."""
+    names = ["a"]
+    harmless = torch.zeros(4, 6)
+    harmless[:, 0] = 1.0  # latent 0 fires on every harmless prompt
+    harmless[:1, 1] = 1.0  # latent 1 on a quarter of them
+    tensors = {"cosine/a": torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), "harmful_max/a": torch.ones(4, 6), "harmless_max/a": harmless,
+               "attribution/a": torch.tensor([[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]] * 4)}
+    sets, per_prompt, _ = features_module._select(tensors, names, FeaturesConfig(k=3, k_grid=(3,), pool_per_sae=4, max_harmless_firing=0.5))
+    assert [r.index for r in sets["cossim+attribution"]] == [0, 1, 2]
+    assert [r.index for r in sets["selected"]] == [1, 2, 3]  # pool = top-4 cosine, latent 0 filtered out
+    assert all(0 not in [r.index for r in p] for p in per_prompt)
+    sets, _, _ = features_module._select(tensors, names, FeaturesConfig(k=3, k_grid=(3,), pool_per_sae=4, max_harmless_firing=1.0))
+    assert [r.index for r in sets["selected"]] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="max_harmless_firing"):
+        FeaturesConfig(max_harmless_firing=0.0)
+
+
+def test_scores_stage_is_not_redone_when_only_selection_or_calibration_settings_change():
+    assert "max_harmless_firing" not in features_module.SCORE_FIELDS and "induce_multipliers" not in features_module.SCORE_FIELDS
+    assert set(features_module.SCORE_FIELDS) <= set(FeaturesConfig.__dataclass_fields__)

@@ -20,7 +20,7 @@ def compare(
     harmless: str = typer.Option("harmless", help="Harmless test prompts (test split)."),
     limit: int = typer.Option(100, help="Test prompts per class."),
     steerers: str = typer.Option(None, help="Comma-separated subset of: baseline, topdown, saem3, sae, hybrid, hybrid2, latents, latents-cossim, "
-                                           "latents-actdiff, latents-attribution, latents-per-prompt, latents-induce, actadd (default: all); run in "
+                                           "latents-unfiltered, latents-actdiff, latents-attribution, latents-per-prompt, latents-induce, actadd (default: all); run in "
                                            "this order, the baseline always included."),
     judge: str = typer.Option("substring", help="Refusal judge."),
     max_new_tokens: int = typer.Option(32, help="Answer length."),

@@ -34,6 +34,8 @@ def find(
     saes: str = typer.Option(None, "--saes", help="Comma-separated SAE folders or shipped names (default model: every shipped SAE)."),
     method: str = typer.Option("cossim+attribution", help="cossim+attribution (Yeo et al.), attribution, cossim or actdiff."),
     k: int = typer.Option(20, "--k", help="Latents per set (K*, the bypass may calibrate fewer)."),
+    max_harmless_firing: float = typer.Option(0.5, help="Leave out of the selected set latents firing on more than this share of the harmless "
+                                                        "train prompts (1 = Yeo et al.'s recipe unfiltered)."),
     harmful: str = typer.Option("advbench", help="Harmful prompts (train split scores, val split calibrates)."),
     harmless: str = typer.Option("harmless", help="Harmless prompts (train: ActDiff; val: KL and induction)."),
     n_train: int = typer.Option(128, help="Train prompts per class."),
@@ -48,7 +50,7 @@ def find(
     from ..models import load_model
     from ..runs.features import FeaturesConfig, find_features
 
-    config = FeaturesConfig(method=method, k=k, harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, ig_steps=ig_steps,
+    config = FeaturesConfig(method=method, k=k, max_harmless_firing=max_harmless_firing, harmful=harmful, harmless=harmless, n_train=n_train, n_val=n_val, ig_steps=ig_steps,
                             seed=seed, judge=judge)
     refs = _sae_refs(saes, model)
     lm = load_model(model, dtype=dtype)

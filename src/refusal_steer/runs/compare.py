@@ -10,6 +10,8 @@ Steerers (Kapros 2025, plus Yeo et al.'s latent clamp and its baselines):
 - ``hybrid``: the direction ablated at that layer plus the latent addition; ``hybrid2``: hybrid plus ``topdown``;
 - ``latents``: the calibrated latent clamp of ``features.json`` (``latents:FDIR``); ``latents-cossim``,
   ``latents-actdiff``, ``latents-attribution``: the same K* and c on Yeo et al.'s baseline sets;
+  ``latents-unfiltered``: the same on the method's set before latents firing on most harmless prompts are left
+  out (Yeo et al.'s own recipe; only when the filter changed the set);
 - on harmless prompts, also ``latents-induce`` (``latents:FDIR:induce``) and ``actadd`` (``actadd:DIR``).
 
 Each steerer x class gets a result record (refusal rate with n and CI and judge; harmless KL with a bootstrap
@@ -51,8 +53,8 @@ from .screen import screen_settings, within_kl
 
 logger = logging.getLogger(__name__)
 
-BYPASS = ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-cossim", "latents-actdiff", "latents-attribution",
-          "latents-per-prompt")
+BYPASS = ("baseline", "topdown", "saem3", "sae", "hybrid", "hybrid2", "latents", "latents-unfiltered", "latents-cossim", "latents-actdiff",
+          "latents-attribution", "latents-per-prompt")
 INDUCE = ("latents-induce", "actadd")
 
 
@@ -150,6 +152,9 @@ def build_steerers(lm: LoadedModel, direction_dir: Path, features_dir: Path, con
     steers["hybrid"] = hybrid_steer(saved.direction, sae, point, latent, max_act, c)
     steers["hybrid2"] = hybrid2_steer(saved.direction, lm, sae, point, latent, max_act, c)
     steers["latents"] = bypass_steer(features, saes=saes)
+    key = lambda refs: [(r.sae, r.index) for r in refs]  # noqa: E731
+    if features.method in features.sets and key(features.ranked(features.method)) != key(features.ranked()):
+        steers["latents-unfiltered"] = bypass_steer(features, which=features.method, saes=saes)
     for which in ("cossim", "actdiff", "attribution"):
         if which in features.sets:
             steers[f"latents-{which}"] = bypass_steer(features, which=which, saes=saes)

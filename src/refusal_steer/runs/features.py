@@ -49,6 +49,8 @@ from .screen import screen_settings, within_kl
 logger = logging.getLogger(__name__)
 
 METHODS = ("cossim+attribution", "attribution", "cossim", "actdiff")
+SCORE_FIELDS = ("ig_steps", "harmful", "harmless", "n_train", "seed", "system")
+"""The :class:`FeaturesConfig` fields the ``scores`` stage depends on."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class FeaturesConfig:
     """Latents per set (Yeo et al.'s K* = 20)."""
     pool_per_sae: int = 10
     """Cosine pool: the top latents per SAE by decoder cosine (Yeo et al.: 10 per layer)."""
+    max_harmless_firing: float = 0.5
+    """The selected set leaves out latents that fire (after the template prefix) on more than this share of the harmless
+    train prompts: they are not specific to harmful requests, and clamping them costs harmless KL. 1.0 keeps Yeo et
+    al.'s recipe exactly; their unfiltered set is kept under the method's name either way."""
     ig_steps: int = 10
     harmful: str = "advbench"
     harmless: str = "harmless"
@@ -70,7 +76,7 @@ class FeaturesConfig:
     attribution_batch_size: int = 4
     k_grid: tuple[int, ...] = (5, 10, 20)
     scale_grid: tuple[float, ...] = (0.0, -1.0, -2.0, -3.0)
-    induce_multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    induce_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
     """Induction set values tried: these multiples of the set's mean max activation on harmful train prompts."""
     judge: str = "substring"
     judge_top: int = 3
@@ -86,6 +92,8 @@ class FeaturesConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}", fix=f"use one of {', '.join(METHODS)}")
+        if not 0.0 < self.max_harmless_firing <= 1.0:
+            raise ConfigError(f"max_harmless_firing={self.max_harmless_firing} must be in (0, 1]", fix="pass a share such as 0.5 (1 = no filter)")
         if self.k < 1 or self.k > 100:
             raise ConfigError(f"k={self.k} must be in 1..100")
         if any(k > self.k for k in self.k_grid):
@@ -153,9 +161,12 @@ def _select(tensors: dict[str, torch.Tensor], names: list[str], config: Features
     if has_attr:
         sets["attribution"] = refs(global_top(mean_attr, config.k))
         sets["cossim+attribution"] = refs(global_top(mean_attr, config.k, pool=pool))
-    sets["selected"] = sets[config.method]
+    specific = harmless_specific(tensors, names, config.max_harmless_firing)
+    method_scores = {"cossim": cos, "actdiff": actdiff, "attribution": mean_attr, "cossim+attribution": mean_attr}[config.method]
+    method_pool = pool if config.method == "cossim+attribution" else None
+    use_pool = restrict_pool(method_pool, specific)
+    sets["selected"] = refs(global_top(method_scores, config.k, pool=use_pool)) if use_pool is not None else sets[config.method]
     per_prompt = []
-    use_pool = pool if config.method == "cossim+attribution" else None
     if has_attr:
         for i in range(next(iter(attr.values())).shape[0]):
             per_prompt.append(refs(global_top({n: a[i] for n, a in attr.items()}, config.k, pool=use_pool)))
@@ -168,6 +179,20 @@ def _select(tensors: dict[str, torch.Tensor], names: list[str], config: Features
                                              "harmful_firing": float((tensors[f"harmful_max/{r.sae}"][:, r.index] > 0).float().mean()),
                                              "harmless_firing": float((tensors[f"harmless_max/{r.sae}"][:, r.index] > 0).float().mean())}
     return sets, per_prompt, details
+
+
+def harmless_specific(tensors: dict[str, torch.Tensor], names: list[str], max_firing: float) -> dict[str, torch.Tensor] | None:
+    """Per SAE, the latents firing on at most ``max_firing`` of the harmless train prompts (None: no filter)."""
+    if max_firing >= 1.0:
+        return None
+    return {n: torch.nonzero((tensors[f"harmless_max/{n}"] > 0).float().mean(0) <= max_firing).flatten() for n in names}
+
+
+def restrict_pool(pool: dict[str, torch.Tensor] | None, keep: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The indices in both ``pool`` and ``keep`` per SAE (either may be None: no restriction)."""
+    if keep is None or pool is None:
+        return keep if pool is None else pool
+    return {n: idx[torch.isin(idx, keep[n])] for n, idx in pool.items()}
 
 
 def _mean_max(features: FeatureSet, latents: list[LatentRef], tensors: dict[str, torch.Tensor]) -> float:
@@ -238,12 +263,14 @@ def find_features(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str
     val_harmless = load_prompts(config.harmless, split="val", limit=config.n_val, seed=config.seed)
     write_json(out.file("prompts.json"), {"train_harmful": harmful, "train_harmless": harmless, "val_harmful": val_harmful, "val_harmless": val_harmless})
     base_inputs = {"config": asdict(config), "saes": sae_refs, "direction": str(saved.direction.sum().item()), "model": model_spec, "skip": skip}
+    # The scores depend on these fields only: changing a selection or calibration setting must not redo them.
+    score_inputs = {**base_inputs, "config": {f: getattr(config, f) for f in SCORE_FIELDS}, "attribution": "attribution" in config.method}
 
     started = time.time()
-    if not out.is_done("scores", base_inputs, ["scores.safetensors"]):
+    if not out.is_done("scores", score_inputs, ["scores.safetensors"]):
         tensors = _scores(lm, saes, points, saved.direction, refusal_ids, harmful, harmless, config, skip, out, progress)
         save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(out.file("scores.safetensors")))
-        out.mark_done("scores", base_inputs, time.time() - started)
+        out.mark_done("scores", score_inputs, time.time() - started)
     tensors = load_file(str(out.file("scores.safetensors")))
     sets, per_prompt, details = _select(tensors, names, config)
     sae_info = {name: {"source": getattr(saes[name], "source", name), "point": str(points[name]), "d_sae": saes[name].cfg.d_sae} for name in names}
