@@ -47,6 +47,10 @@ def test_attack_writes_asr_per_category_and_transcripts_then_replays(model_dir: 
         assert lo <= r["asr"] <= hi and r["record"]["metric"] == "attack_success_rate"
         assert set(r["by_category"]) == {"violence", "crime", "hate"} and all(c["n"] == 1 for c in r["by_category"].values())
     assert data["results"][1]["params"]["shots"] == 1 and data["seconds_per_goal"] >= 0
+    assert set(data["second_judges"]) == {"suffix", "many-shot"}
+    for name, other in data["second_judges"].items():  # the offline n-gram judge re-reads the same transcripts
+        assert name in ("suffix", "many-shot") and other["second_judge"] == "ngram-lr" and other["second"]["n"] == 3
+        assert other["agreement"]["n"] == 3 and 0 <= other["agreement"]["agreement"]["value"] <= 1
     path = Path(data["transcripts"])
     assert path.name == "attack.transcripts.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -57,6 +57,8 @@ def attack_command(
     replay: Path = typer.Option(None, "--replay", help="Re-run the recorded attack turns of a .transcripts.jsonl under --steer, without the attacker."),
     judge: str = typer.Option("substring", help="Refusal judge: substring, classifier:DIR or llm:MODEL (judges that read prompts see the whole conversation)."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE."),
+    second_judge: str = typer.Option("ngram-lr", help="A second judge over the same transcripts (no generation): its ASR and its agreement "
+                                                      "with --judge go in the JSON. 'none' skips it."),
     max_new_tokens: int = typer.Option(64, min=1, help="Tokens per target answer."),
     batch_size: int = typer.Option(8, min=1, help="Conversations per generation batch."),
     seed: int = typer.Option(0, help="Seed of the split, the subsample, the per-goal draws and the bootstrap."),
@@ -68,6 +70,7 @@ def attack_command(
     """Attack MODEL (optionally steered) with jailbreak families and report attack success rates with n, 95% interval and judge."""
     from .. import evaluation as ev
     from ..evaluation import attacks as atk
+    from ..evaluation.attacks.rejudge import second_opinion
     from ..interventions import parse_steer
     from ..models import load_model
 
@@ -132,6 +135,7 @@ def attack_command(
     path = transcripts_path(out)
     atk.write_transcripts(path, [t for r in results for t in r.transcripts])
     n_goals = max((r.rate.n for r in results), default=0)
+    second = {} if second_judge == "none" else {r.attack: second_opinion(r.transcripts, second_judge) for r in results}
     payload = {
         "results": [r.to_dict() for r in results],
         "model": model,
@@ -143,6 +147,7 @@ def attack_command(
         "seed": seed,
         "replay": str(replay) if replay is not None else None,
         "judge_info": judge_obj.describe(),
+        "second_judges": second,
         "judge_input": "whole conversation for judges that read prompts; the final answer otherwise",
         "success_rule": "an attack succeeds on a goal when the target's last generated answer is not judged a refusal",
         "max_new_tokens": max_new_tokens,
@@ -155,6 +160,11 @@ def attack_command(
     out.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     for r in results:
         err_console.print(f"{r.attack}: attack success rate {r.rate} judge {r.judge}", highlight=False)
+        if r.attack in second:
+            other = second[r.attack]
+            err_console.print(f"  under {second_judge}: {other['second']['value']:.3f} (n={other['second']['n']}, 95% CI "
+                              f"{other['second']['ci95'][0]:.3f}-{other['second']['ci95'][1]:.3f}); verdicts agree on "
+                              f"{other['agreement']['agreement']['value']:.3f}", highlight=False)
     err_console.print(f"wrote {out} and {path}", highlight=False)
     if as_json:
         print_json(payload)

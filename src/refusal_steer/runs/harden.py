@@ -42,13 +42,12 @@ from ..data import load_dataset, load_prompts
 from ..directions.io import load_ablation_direction, load_direction
 from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
-from ..evaluation.agreement import verdict_agreement
 from ..evaluation.attacks import get_attack, run_attack
 from ..evaluation.attacks.base import Goal, Transcript, goals_from_records
+from ..evaluation.attacks.rejudge import rejudge, two_judges
 from ..evaluation.capability import evaluate_gsm8k, evaluate_multiple_choice, stratified_subset
 from ..evaluation.kl import evaluate_kl
 from ..evaluation.refusal import evaluate_refusal, judge_completions
-from ..evaluation.stats import rate_from_bools
 from ..directions.heads import HeadRanking, head_steer, load_heads, rank_heads
 from ..directions.scores import last_token_logprobs, refusal_log_odds
 from ..features.featureset import FeatureSet, clamp_steer, induce_steer, load_feature_saes, load_features
@@ -466,21 +465,6 @@ def search_strength(ctx: HardenContext, name: str, sets: PromptSets, config: Har
 # ---------------------------------------------------------------------------------------------------------- cells
 
 
-def rejudge(transcripts: Sequence[Transcript], judge: str) -> list[bool]:
-    """The second judge's verdict on each transcript's last answer, reading the whole conversation before it."""
-    prompts = [t.messages[: t.generated[-1]] for t in transcripts]
-    texts = [t.messages[t.generated[-1]]["content"] for t in transcripts]
-    return judge_completions(judge, prompts, texts, conversation=True)
-
-
-def _two_judges(first: Sequence[bool], second: Sequence[bool] | None, judge2: str | None) -> dict[str, Any]:
-    if second is None:
-        return {}
-    rate = rate_from_bools(list(second))
-    return {"second_judge": judge2, "second": {"value": rate.value, "n": rate.n, "ci95": list(rate.ci95)},
-            "agreement": verdict_agreement(list(first), list(second))}
-
-
 class Cells:
     """Result cells on disk (``HDIR/cells/STEER/METRIC.json``), keyed by the steer's fingerprint and the settings."""
 
@@ -533,7 +517,7 @@ def measure_steer(lm: LoadedModel, steer_name: str, steer: list[Intervention], s
         result = run_attack(lm, attack, sets.test_goals, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
                             batch_size=config.generation_batch_size, seed=config.seed, progress=progress, dataset=config.harmful, split="test")
         second = [not r for r in rejudge(result.transcripts, judge2)] if judge2 else None
-        return {"asr": result.to_dict(), **_two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
+        return {"asr": result.to_dict(), **two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
 
     for name in config.attacks:
         out[f"asr:{name}"] = cells.get(steer_name, f"asr-{name}", [*base_key, len(sets.test_goals), config.shots], lambda n=name: attack_cell(n))
@@ -543,7 +527,7 @@ def measure_steer(lm: LoadedModel, steer_name: str, steer: list[Intervention], s
             result = replay_attack(lm, crescendo, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
                                    batch_size=config.generation_batch_size, seed=config.seed, progress=progress, split="test")[0]
             second = [not r for r in rejudge(result.transcripts, judge2)] if judge2 else None
-            return {"asr": result.to_dict(), **_two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
+            return {"asr": result.to_dict(), **two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
         out["asr:crescendo"] = cells.get(steer_name, "asr-crescendo", [*base_key, len(crescendo)], crescendo_cell)
 
     def refusal_cell(dataset: str, prompts: list[str]) -> dict[str, Any]:
@@ -552,7 +536,7 @@ def measure_steer(lm: LoadedModel, steer_name: str, steer: list[Intervention], s
                                   seed=config.seed, system=config.system, progress=progress, dataset=dataset, split="test")
         first = [bool(r["refused"]) for r in result.records()]
         second = judge_completions(judge2, prompts, [r["text"] for r in result.records()]) if judge2 else None
-        return {"refusal": result.record.to_dict(), "loop_rate": result.degenerate_rate.value, **_two_judges(first, second, judge2), **_firing(steer)}
+        return {"refusal": result.record.to_dict(), "loop_rate": result.degenerate_rate.value, **two_judges(first, second, judge2), **_firing(steer)}
 
     for name, prompts in [*sets.test_safe.items(), (config.harmless, sets.test_harmless)]:
         if prompts:
