@@ -76,7 +76,7 @@ class FeaturesConfig:
     attribution_batch_size: int = 4
     k_grid: tuple[int, ...] = (5, 10, 20)
     scale_grid: tuple[float, ...] = (0.0, -1.0, -2.0, -3.0)
-    induce_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 2.0, 4.0, 8.0)
+    induce_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0, 8.0)
     """Induction set values tried: these multiples of the set's mean max activation on harmful train prompts."""
     judge: str = "substring"
     judge_top: int = 3
