@@ -296,7 +296,9 @@ def find_features(lm: LoadedModel, direction_dir: str | Path, sae_refs: list[str
         out.mark_done("calibrate", calib_inputs, time.time() - t0)
     features.save(out.path)
     if config.card_tokens > 0:
-        _cards(lm, saes, features, val_harmful, refusal_ids, config, out, calib_inputs, progress)
+        # The cards depend on the selected set, not on the calibration grid: changing the grid must not redo them.
+        card_inputs = {**score_inputs, "sets": calib_inputs["sets"], "k": config.k, "n_contexts": config.n_contexts}
+        _cards(lm, saes, features, val_harmful, refusal_ids, config, out, card_inputs, progress)
     return features
 
 
