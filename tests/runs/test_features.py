@@ -144,6 +144,16 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     monkeypatch.setattr(compare_module, "evaluate_refusal_per_prompt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
     again = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
     assert again["cells"] == result["cells"]
+    # a coefficient chosen for another latent (an older features file) is not reused: it is chosen again
+    coef_file = tmp_path / "cmp" / "latent_coef.json"
+    stale = json.loads(coef_file.read_text())
+    stale["key"]["latent"] = stale["key"]["latent"] + 1
+    stale["coef"] = 99.0
+    coef_file.write_text(json.dumps(stale))
+    monkeypatch.setattr(compare_module, "_calibrate_coef", lambda *a, **k: {"coef": -3.0, "table": [], "split": "val", "kl_max": 0.1})
+    with pytest.raises(AssertionError, match="cell re-run"):  # the sae cells' steer changed, so they are measured again
+        compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
+    assert json.loads(coef_file.read_text())["coef"] == -3.0
 
 
 def test_upstream_downstream_on_categories(setup, tmp_path):

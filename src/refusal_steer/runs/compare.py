@@ -140,11 +140,13 @@ def build_steerers(lm: LoadedModel, direction_dir: Path, features_dir: Path, con
         setup["saem3_cosine_with_direction"] = float(torch.nn.functional.cosine_similarity(saem3, saved.direction.float(), dim=0))
         steers["saem3"] = [all_layers_ablation(saem3, lm)]
     coef_file = out.file("latent_coef.json")
-    if coef_file.is_file():
-        coef = json.loads(coef_file.read_text())
-    else:
+    # Keyed by the latent it was chosen for: a features file that picks another latent recalibrates it.
+    coef_key = {"sae": name, "latent": latent, "max_activation": max_act, "coefs": list(config.latent_coefs), "kl_max": config.kl_max}
+    coef = json.loads(coef_file.read_text()) if coef_file.is_file() else None
+    if coef is None or coef.get("key") != coef_key:
         coef = _calibrate_coef(lm, lambda c: latent_add_steer(sae, point, latent, max_act, c), prompts["val_harmful"], prompts["val_harmless"],
                                refusal_ids, config)
+        coef["key"] = coef_key
         write_json(coef_file, coef)
     setup["latent_coef"] = coef
     c = coef["coef"]
