@@ -154,8 +154,7 @@ def build_steerers(lm: LoadedModel, direction_dir: Path, features_dir: Path, con
     steers["hybrid"] = hybrid_steer(saved.direction, sae, point, latent, max_act, c)
     steers["hybrid2"] = hybrid2_steer(saved.direction, lm, sae, point, latent, max_act, c)
     steers["latents"] = bypass_steer(features, saes=saes)
-    key = lambda refs: [(r.sae, r.index) for r in refs]  # noqa: E731
-    if features.method in features.sets and key(features.ranked(features.method)) != key(features.ranked()):
+    if features.method in features.sets and [r.key() for r in features.ranked(features.method)] != [r.key() for r in features.ranked()]:
         steers["latents-unfiltered"] = bypass_steer(features, which=features.method, saes=saes)
     for which in ("cossim", "actdiff", "attribution"):
         if which in features.sets:

@@ -165,7 +165,7 @@ def _select(tensors: dict[str, torch.Tensor], names: list[str], config: Features
     method_scores = {"cossim": cos, "actdiff": actdiff, "attribution": mean_attr, "cossim+attribution": mean_attr}[config.method]
     method_pool = pool if config.method == "cossim+attribution" else None
     use_pool = restrict_pool(method_pool, specific)
-    sets["selected"] = refs(global_top(method_scores, config.k, pool=use_pool)) if use_pool is not None else sets[config.method]
+    sets["selected"] = refs(global_top(method_scores, config.k, pool=use_pool)) if specific is not None else sets[config.method]
     per_prompt = []
     if has_attr:
         for i in range(next(iter(attr.values())).shape[0]):
@@ -190,8 +190,10 @@ def harmless_specific(tensors: dict[str, torch.Tensor], names: list[str], max_fi
 
 def restrict_pool(pool: dict[str, torch.Tensor] | None, keep: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     """The indices in both ``pool`` and ``keep`` per SAE (either may be None: no restriction)."""
-    if keep is None or pool is None:
-        return keep if pool is None else pool
+    if pool is None:
+        return keep
+    if keep is None:
+        return pool
     return {n: idx[torch.isin(idx, keep[n])] for n, idx in pool.items()}
 
 

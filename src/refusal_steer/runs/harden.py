@@ -44,7 +44,7 @@ from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
 from ..evaluation.attacks import get_attack, run_attack
 from ..evaluation.attacks.base import Goal, Transcript, goals_from_records
-from ..evaluation.attacks.rejudge import rejudge, two_judges
+from ..evaluation.attacks.rejudge import second_opinion, two_judges
 from ..evaluation.capability import evaluate_gsm8k, evaluate_multiple_choice, stratified_subset
 from ..evaluation.kl import evaluate_kl
 from ..evaluation.refusal import evaluate_refusal, judge_completions
@@ -516,8 +516,7 @@ def measure_steer(lm: LoadedModel, steer_name: str, steer: list[Intervention], s
         attack = get_attack(name, seed=config.seed, **({"shots": config.shots} if name == "many-shot" else {}))
         result = run_attack(lm, attack, sets.test_goals, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
                             batch_size=config.generation_batch_size, seed=config.seed, progress=progress, dataset=config.harmful, split="test")
-        second = [not r for r in rejudge(result.transcripts, judge2)] if judge2 else None
-        return {"asr": result.to_dict(), **two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
+        return {"asr": result.to_dict(), **(second_opinion(result.transcripts, judge2) if judge2 else {}), **_firing(steer)}
 
     for name in config.attacks:
         out[f"asr:{name}"] = cells.get(steer_name, f"asr-{name}", [*base_key, len(sets.test_goals), config.shots], lambda n=name: attack_cell(n))
@@ -526,8 +525,7 @@ def measure_steer(lm: LoadedModel, steer_name: str, steer: list[Intervention], s
             _reset(steer)
             result = replay_attack(lm, crescendo, steer, judge=config.judge, max_new_tokens=config.max_new_tokens,
                                    batch_size=config.generation_batch_size, seed=config.seed, progress=progress, split="test")[0]
-            second = [not r for r in rejudge(result.transcripts, judge2)] if judge2 else None
-            return {"asr": result.to_dict(), **two_judges([t.success for t in result.transcripts], second, judge2), **_firing(steer)}
+            return {"asr": result.to_dict(), **(second_opinion(result.transcripts, judge2) if judge2 else {}), **_firing(steer)}
         out["asr:crescendo"] = cells.get(steer_name, "asr-crescendo", [*base_key, len(crescendo)], crescendo_cell)
 
     def refusal_cell(dataset: str, prompts: list[str]) -> dict[str, Any]:
@@ -795,4 +793,4 @@ def harden_markdown(summary: dict[str, Any]) -> str:
 
 
 __all__ = ["FAMILIES", "Family", "HardenConfig", "HardenContext", "best_f1_threshold", "fit_gate", "harden", "harden_markdown", "make_gate",
-           "measure_steer", "prompt_sets", "register_family", "rejudge", "search_strength", "summarize_steer", "wrap_goals"]
+           "measure_steer", "prompt_sets", "register_family", "search_strength", "summarize_steer", "wrap_goals"]
