@@ -144,6 +144,12 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     monkeypatch.setattr(compare_module, "evaluate_refusal_per_prompt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("cell re-run")))
     again = compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
     assert again["cells"] == result["cells"]
+    # other test prompts of the same count (another dataset into the same CDIR) are measured, not read from the cache
+    real_test_prompts = compare_module._test_prompts
+    monkeypatch.setattr(compare_module, "_test_prompts", lambda c, used: {k: [p + " Please." for p in v] for k, v in real_test_prompts(c, used).items()})
+    with pytest.raises(AssertionError, match="cell re-run"):
+        compare_steerers(lm, direction_dir, fdir, tmp_path / "cmp", cconfig, progress=False)
+    monkeypatch.setattr(compare_module, "_test_prompts", real_test_prompts)
     # a coefficient chosen for another latent (an older features file) is not reused: it is chosen again
     coef_file = tmp_path / "cmp" / "latent_coef.json"
     stale = json.loads(coef_file.read_text())

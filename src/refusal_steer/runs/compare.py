@@ -201,7 +201,7 @@ def _write_cell(out: RunDir, steer_name: str, cls: str, key: list[Any], result: 
 
 def _cell(lm: LoadedModel, out: RunDir, steer_name: str, steer: list[Intervention], cls: str, prompts: list[str], config: CompareConfig,
           dataset: str, progress: bool) -> dict[str, Any]:
-    key = [fingerprint(steer) if steer else "none", config.judge, config.max_new_tokens, len(prompts), config.seed]
+    key = [fingerprint(steer) if steer else "none", config.judge, config.max_new_tokens, len(prompts), config.seed, stable_hash(prompts)]
     cached = _cached_cell(out, steer_name, cls, key)
     if cached is not None:
         return cached
@@ -245,7 +245,7 @@ def _per_prompt_cell(lm: LoadedModel, out: RunDir, direction_dir: Path, features
     t0 = time.time()
     steers, sets = per_prompt_steers(lm, direction_dir, features_dir, prompts, out, system=config.system, progress=progress)
     prints = "\n".join(fingerprint(s) for s in steers)
-    key = ["per-prompt:" + stable_hash(prints), config.judge, config.max_new_tokens, len(prompts), config.seed]
+    key = ["per-prompt:" + stable_hash(prints), config.judge, config.max_new_tokens, len(prompts), config.seed, stable_hash(prompts)]
     cached = _cached_cell(out, "latents-per-prompt", "harmful", key)
     if cached is not None:
         return cached
