@@ -9,6 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -75,6 +76,44 @@ def plot_rates(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
     ax.set_ylabel("refusal rate (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_steerer_comparison(rows: Sequence[dict], path: Path, *, title: str = "") -> Path:
+    """One row per steerer: harmful and harmless refusal side by side (left) and the harmless KL it costs (right).
+
+    Each row has ``name`` and optional ``harmful`` / ``harmless`` / ``kl`` dicts with ``value``, ``lo``, ``hi``
+    (rates also ``n``); a missing one leaves its bar out. Reading down the rows shows effect and cost together.
+    """
+    height = 0.38
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 1.0 + 0.42 * len(rows)), sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(len(rows))
+    for offset, cls, color in ((-height / 2, "harmful", "tab:red"), (height / 2, "harmless", "tab:green")):
+        for i, row in enumerate(rows):
+            r = row.get(cls)
+            if r is None:
+                continue
+            left.barh(y[i] + offset, r["value"] * 100, height, color=color,
+                      xerr=[[(r["value"] - r["lo"]) * 100], [(r["hi"] - r["value"]) * 100]], capsize=2, error_kw={"lw": 0.8})
+    handles = [matplotlib.patches.Patch(color="tab:red", label="harmful prompts"), matplotlib.patches.Patch(color="tab:green", label="harmless prompts")]
+    left.set_xlim(0, 105)
+    left.set_xlabel("refusal rate (%, 95% CI)")
+    left.legend(handles=handles, fontsize=7, loc="upper right")
+    left.set_yticks(y, [f"{row['name']} (n={(row.get('harmful') or row.get('harmless') or {}).get('n', '?')})" for row in rows], fontsize=8)
+    left.invert_yaxis()
+    for i, row in enumerate(rows):
+        kl = row.get("kl")
+        if kl is not None:
+            right.barh(y[i], kl["value"], 0.5, color="tab:purple", xerr=[[kl["value"] - kl["lo"]], [kl["hi"] - kl["value"]]], capsize=2,
+                       error_kw={"lw": 0.8})
+            right.text(kl["hi"], y[i], f" {kl['value']:.3f}", va="center", fontsize=7)
+    right.set_xscale("symlog", linthresh=0.1)
+    right.set_xlabel("harmless KL (nats, 95% CI; symlog)")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

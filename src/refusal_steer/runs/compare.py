@@ -46,7 +46,7 @@ from ..generation import encode_prompts
 from ..hooks import HookPoint, Intervention
 from ..interventions import all_layers_ablation, fingerprint
 from ..models.loaded import LoadedModel
-from ..report.plots import plot_rates
+from ..report.plots import plot_steerer_comparison
 from ..sae.base import Sae
 from .rundir import RunDir, stable_hash, write_json
 from .screen import screen_settings, within_kl
@@ -335,11 +335,17 @@ def compare_steerers(lm: LoadedModel, direction_dir: str | Path, features_dir: s
         cells[("latents-per-prompt", "harmful")] = _per_prompt_cell(lm, out, direction_dir, features_dir, test["harmful"], config, progress)
     verdict = kapros_verdict(cells)
     rows = []
-    for (name, cls), cell in cells.items():
-        r = cell["refusal"]
-        rows.append({"label": f"{name}\n{cls}", "value": r["value"], "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"],
-                     "color": "tab:red" if cls == "harmful" else "tab:green"})
-    plot_rates(rows, out.file("compare.png"), title=f"refusal under each steerer ({config.judge} judge; red harmful, green harmless)")
+    for name in dict.fromkeys(name for name, _ in cells):
+        row: dict[str, Any] = {"name": name}
+        for cls in ("harmful", "harmless"):
+            if (name, cls) in cells:
+                r = cells[(name, cls)]["refusal"]
+                row[cls] = {"value": r["value"], "lo": r["ci95"][0], "hi": r["ci95"][1], "n": r["n"]}
+        kl = cells.get((name, "harmless"), {}).get("kl")
+        if kl:
+            row["kl"] = {"value": kl["value"], "lo": kl["ci95"][0], "hi": kl["ci95"][1]}
+        rows.append(row)
+    plot_steerer_comparison(rows, out.file("compare.png"), title=f"each steerer on held-out test prompts ({config.judge} judge)")
     result = {"config": asdict(config), "setup": setup, "cells": [cell for cell in cells.values()], "verdict": verdict,
               "records": [cell["refusal"] for cell in cells.values()] + [cell["kl"] for cell in cells.values() if "kl" in cell]}
     write_json(out.file("compare.json"), result)
