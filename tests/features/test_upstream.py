@@ -6,7 +6,7 @@ import torch
 
 from refusal_steer.features.featureset import LatentRef
 from refusal_steer.features.scores import latent_activations
-from refusal_steer.features.upstream import bootstrap_mean_ci, downstream_drop, split_common_specific
+from refusal_steer.features.upstream import bootstrap_mean_ci, downstream_drop, firing_matched, split_common_specific
 from refusal_steer.generation import encode_prompts
 from refusal_steer.hooks import HookPoint
 from refusal_steer.sae import TopKConfig, build_sae
@@ -44,3 +44,17 @@ def test_downstream_drop_measures_only_downstream_latents_and_is_zero_without_a_
     torch.testing.assert_close(none["relative_drop"], torch.zeros(3))
     mean, lo, hi = bootstrap_mean_ci(result["relative_drop"])
     assert lo <= mean <= hi
+
+
+def test_firing_matched_control_draws_latents_that_fire_as_often_and_never_a_clamped_or_measured_one():
+    rate = torch.tensor([0.0] * 90 + [0.5, 0.52, 0.48, 0.9, 0.91, 0.1, 0.11, 0.09, 0.5, 0.49])
+    firing = {"s": rate}
+    targets = [("s", 90), ("s", 93)]
+    exclude = [("s", 91)]
+    picks = [firing_matched(firing, targets, exclude, torch.Generator().manual_seed(seed), nearest=3) for seed in range(20)]
+    for pick in picks:
+        assert len(pick) == 2 and len(set(pick)) == 2
+        assert not set(pick) & set(targets + exclude)
+        assert abs(float(rate[pick[0][1]]) - 0.5) <= 0.021  # the 3 nearest to 0.5 left: 0.52 excluded, so 0.48, 0.5, 0.49
+        assert float(rate[pick[1][1]]) >= 0.479  # near 0.9: 0.91, then the 0.5s
+    assert len({tuple(p) for p in picks}) > 1  # drawn, not fixed

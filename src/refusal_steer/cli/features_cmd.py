@@ -141,4 +141,4 @@ def upstream(
     drop = summary["relative_drop"]
     console.print(f"{len(summary['common'])} refusal latents shared by {len(summary['categories'])} categories; clamping each category's harm "
                   f"latents lowers them by {drop['mean']:.3f} (95% CI {drop['ci95'][0]:.3f}-{drop['ci95'][1]:.3f}, n={drop['n']} prompts; "
-                  f"random-latent control {summary['control_random_latents']['mean']:.3f}). Yeo et al. report 0.45.")
+                  f"firing-matched random-latent control {summary['control_random_latents']['mean']:.3f}). Yeo et al. report 0.45.")

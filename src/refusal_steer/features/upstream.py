@@ -73,6 +73,27 @@ def downstream_drop(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[st
     return {"clean": c, "clamped": k, "relative_drop": drop, "measured": kept}
 
 
+def firing_matched(firing: Mapping[str, torch.Tensor], targets: Sequence[tuple[str, int]], exclude: Sequence[tuple[str, int]],
+                   generator: torch.Generator, *, nearest: int = 20) -> list[tuple[str, int]]:
+    """For each target latent, a random latent of the same SAE that fires about as often (the control of a clamp).
+
+    ``firing[sae]`` is each latent's firing rate on the prompts (share with a nonzero max activation). A latent drawn
+    uniformly from an SAE almost never fires, so clamping it changes nothing and makes a control that cannot fail;
+    drawing among the ``nearest`` latents by firing rate (none of ``exclude``, none drawn twice) matches what the
+    clamp removes in frequency, not in meaning.
+    """
+    taken = set(map(tuple, exclude)) | set(map(tuple, targets))
+    out = []
+    for sae, index in targets:
+        rate = firing[sae]
+        order = torch.argsort((rate - rate[index]).abs(), stable=True)
+        candidates = [int(j) for j in order if (sae, int(j)) not in taken][:nearest]
+        pick = candidates[int(torch.randint(0, len(candidates), (1,), generator=generator))]
+        taken.add((sae, pick))
+        out.append((sae, pick))
+    return out
+
+
 def bootstrap_mean_ci(values: torch.Tensor, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean and its 95% percentile-bootstrap interval."""
     if values.numel() == 0:
@@ -83,4 +104,4 @@ def bootstrap_mean_ci(values: torch.Tensor, n_resamples: int = 2000, seed: int =
     return float(values.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
 
 
-__all__ = ["bootstrap_mean_ci", "downstream_drop", "split_common_specific"]
+__all__ = ["bootstrap_mean_ci", "downstream_drop", "firing_matched", "split_common_specific"]

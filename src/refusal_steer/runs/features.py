@@ -35,7 +35,7 @@ from ..evaluation.refusal import evaluate_refusal
 from ..features.attribution import attribute, check_points
 from ..features.cards import cards_markdown, feature_cards
 from ..features.featureset import FeatureSet, LatentRef, clamp_steer
-from ..features.upstream import bootstrap_mean_ci, downstream_drop, split_common_specific
+from ..features.upstream import bootstrap_mean_ci, downstream_drop, firing_matched, split_common_specific
 from ..features.scores import cosine_scores, global_top, max_activation_diff, max_activations, per_sae_top
 from ..hooks import HookPoint
 from ..models.loaded import LoadedModel
@@ -378,18 +378,24 @@ def upstream_downstream(lm: LoadedModel, direction_dir: str | Path, sae_refs: li
     for c, rows in cats.items():
         cat_prompts = [prompts[i] for i in rows]
         result = downstream_drop(lm, saes, points, cat_prompts, specific[c], common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
-        random_latents = [(s, int(torch.randint(0, saes[s].cfg.d_sae, (1,), generator=generator))) for s, _ in specific[c]]
+        clamped_saes = sorted({s for s, _ in specific[c]})
+        firing = {n: (v > 0).float().mean(0) for n, v in max_activations(lm, {n: saes[n] for n in clamped_saes}, {n: points[n] for n in clamped_saes},
+                                                                            cat_prompts, skip_tokens=skip, batch_size=config.batch_size,
+                                                                            system=config.system).items()}
+        random_latents = firing_matched(firing, specific[c], common, generator)
         ctrl = downstream_drop(lm, saes, points, cat_prompts, random_latents, common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
         mean, lo, hi = bootstrap_mean_ci(result["relative_drop"], seed=config.seed)
         per_cat[c] = {"n": len(rows), "specific": specific[c], "measured": result["measured"], "relative_drop": mean, "ci95": [lo, hi],
-                      "control_relative_drop": bootstrap_mean_ci(ctrl["relative_drop"], seed=config.seed)[0]}
+                      "control_latents": random_latents, "control_relative_drop": bootstrap_mean_ci(ctrl["relative_drop"], seed=config.seed)[0],
+                      "specific_firing": [float(firing[s][i]) for s, i in specific[c]], "control_firing": [float(firing[s][i]) for s, i in random_latents]}
         pooled.append(result["relative_drop"])
         control.append(ctrl["relative_drop"])
     mean, lo, hi = bootstrap_mean_ci(torch.cat(pooled), seed=config.seed)
     cmean, clo, chi = bootstrap_mean_ci(torch.cat(control), seed=config.seed)
     summary = {"config": asdict(config), "n_prompts": sum(len(r) for r in cats.values()), "categories": per_cat, "common": common,
                "relative_drop": {"mean": mean, "ci95": [lo, hi], "n": int(torch.cat(pooled).numel()), "method": "percentile bootstrap over prompts"},
-               "control_random_latents": {"mean": cmean, "ci95": [clo, chi]},
+               "control_random_latents": {"mean": cmean, "ci95": [clo, chi],
+                                          "method": "as many latents of the same SAEs, each drawn among the 20 whose firing rate on the category's prompts is nearest its harm latent's"},
                "note": "relative drop = 1 - (summed activation of the common latents with the category's specific latents set to 0) / (clean)"}
     write_json(out.file("upstream.json"), summary)
     return summary
