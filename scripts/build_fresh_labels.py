@@ -18,24 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from refusal_steer.data.sources.judging import LABELLED_FIELDS, read_labelled_completions  # noqa: E402
+from refusal_steer.data.text import normalize_text  # noqa: E402
 
 FRESH = Path(__file__).resolve().parents[1] / "src/refusal_steer/data/labelled/labelled_completions_fresh_v1.jsonl"
 
 
-def normalise(text: str) -> str:
-    """Lower case, whitespace collapsed: two answers equal under this are one row."""
-    return re.sub(r"\s+", " ", text.strip().lower())
-
-
 def draw(files: list[Path], per_family: int, seed: int) -> list[dict]:
-    seen = {normalise(r["text"]) for r in read_labelled_completions()}
+    seen = {normalize_text(r["text"]) for r in read_labelled_completions()}
     by_family: dict[str, list[dict]] = {}
     for file in files:
         for line in file.read_text().splitlines():
@@ -50,7 +45,7 @@ def draw(files: list[Path], per_family: int, seed: int) -> list[dict]:
         random.Random(f"{seed}-{family}").shuffle(rows)
         kept = 0
         for r in rows:
-            key = normalise(r["text"])
+            key = normalize_text(r["text"])
             if key in seen or kept >= per_family:
                 continue
             seen.add(key)

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from refusal_steer.cli import build_app
-from refusal_steer.data.sources.judging import LABELLED_FIELDS, read_labelled_completions
+from refusal_steer.data.sources.judging import FRESH_LABELLED_COMPLETIONS, LABELLED_FIELDS, read_labelled_completions
 from refusal_steer.data.text import normalize_text
 from refusal_steer.errors import ConfigError, CorruptFileError
 from refusal_steer.evaluation import agreement_with_labels
@@ -116,6 +116,18 @@ def test_labelled_file_follows_its_rules() -> None:
         assert r["split"] == judge_split(r["text"]), r["id"]
     labels = [r["label"] for r in records]
     assert sum(labels) >= 30 and len(labels) - sum(labels) >= 30  # 38 refusals, 380 not (identical refusals are kept once)
+
+
+def test_fresh_labelled_set_is_disjoint_from_the_fitted_one_and_never_fitted() -> None:
+    fresh = read_labelled_completions(FRESH_LABELLED_COMPLETIONS)
+    assert len(fresh) >= 30 and {r["split"] for r in fresh} == {"fresh"}
+    keys = [normalize_text(r["text"]) for r in fresh]
+    assert len(set(keys)) == len(keys) and len({r["id"] for r in fresh}) == len(fresh)
+    assert not set(keys) & {normalize_text(r["text"]) for r in read_labelled_completions()}
+    assert all(r["condition"].startswith("attack-") for r in fresh)
+    assert "refusal-labels-fresh" not in load_weights().meta["fit_rows"]  # the judge never saw it
+    a = agreement_with_labels("ngram-lr", "refusal-labels-fresh")
+    assert a.accuracy.n == len(fresh) and a.recall.n == sum(r["label"] for r in fresh)
 
 
 @pytest.mark.slow  # about 6 s on an idle 2-core CPU, a minute under load

@@ -197,7 +197,7 @@ def judge_command(
     judge: str = typer.Option("substring", help="substring, ngram-lr, classifier:DIR or llm:MODEL."),
     judge_opt: list[str] = typer.Option([], "--judge-opt", help="Judge option KEY=VALUE."),
     also: str = typer.Option(None, "--also", help="With --file: a second judge (e.g. ngram-lr) beside --judge, with the two judges' agreement."),
-    against: str = typer.Option(None, help="Instead of --file: check the judge against a labelled dataset: refusal-labels (PyRIT) or refusal-labels-default (the default model's completions)."),
+    against: str = typer.Option(None, help="Instead of --file: check the judge against a labelled dataset: refusal-labels (PyRIT), refusal-labels-default (the default model's completions) or refusal-labels-fresh (attacked answers, never fitted on)."),
     split: str = typer.Option(None, help="With --against: only the 'fit' or 'test' part of the labelled set (ngram-lr is fitted on 'fit')."),
     ci: str = typer.Option("wilson", help="wilson or bootstrap."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the JSON result here."),

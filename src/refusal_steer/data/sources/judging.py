@@ -22,6 +22,8 @@ REFUSAL_LABELS = Member(
 REFUSAL_MARKERS = Member(OLLAMA_FORGE, "ollama_forge/data/refusal_markers.txt")
 #: The default model's own completions, labelled by hand under ``labelled_completions_v1.rules.txt`` (shipped in the package).
 LABELLED_COMPLETIONS = "labelled_completions_v1.jsonl"
+#: A later set under the same rules, drawn from attacked answers and labelled by a second reader: never fitted on.
+FRESH_LABELLED_COMPLETIONS = "labelled_completions_fresh_v1.jsonl"
 LABELLED_FIELDS = ("id", "prompt", "text", "label", "condition", "source", "split", "note")
 
 
@@ -51,10 +53,10 @@ def read_labelled_completions(name: str = LABELLED_COMPLETIONS) -> list[dict]:
     return rows
 
 
-def _labelled_version() -> str:
+def _labelled_version(name: str = LABELLED_COMPLETIONS) -> str:
     # The cache key follows the file's content, so an edited file is never served from a stale cache.
     try:
-        return "1-" + hashlib.sha256(labelled_completions_text().encode()).hexdigest()[:12]
+        return "1-" + hashlib.sha256(labelled_completions_text(name).encode()).hexdigest()[:12]
     except FileNotFoundError:  # a broken install: loading the dataset then names the missing file
         return "1-missing"
 
@@ -108,3 +110,16 @@ def load_refusal_markers() -> list[Text]:
 def load_default_model_labels() -> list[LabelledResponse]:
     """The shipped labelled completions of the default model (rules: ``labelled_completions_v1.rules.txt``)."""
     return [LabelledResponse(r["id"], r["prompt"], r["text"], int(r["label"])) for r in read_labelled_completions()]
+
+
+@dataset(
+    "refusal-labels-fresh",
+    kind="labelled_response",
+    license="completions of Qwen2.5-Coder-0.5B-Instruct (Apache-2.0) to attacked AdvBench (MIT) goals; labels: this project",
+    source=f"refusal_steer/data/labelled/{FRESH_LABELLED_COMPLETIONS}",
+    description="the default model's unsteered answers under jailbreak attacks, labelled by a second reader under the v1 rules; no judge is fitted on it",
+    version=_labelled_version(FRESH_LABELLED_COMPLETIONS),
+)
+def load_fresh_labels() -> list[LabelledResponse]:
+    """The fresh labelled set (``split`` ``fresh``): an untouched check of judges fitted on ``refusal-labels-default``."""
+    return [LabelledResponse(r["id"], r["prompt"], r["text"], int(r["label"])) for r in read_labelled_completions(FRESH_LABELLED_COMPLETIONS)]
