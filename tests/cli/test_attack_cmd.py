@@ -48,6 +48,7 @@ def test_attack_writes_asr_per_category_and_transcripts_then_replays(model_dir: 
         assert set(r["by_category"]) == {"violence", "crime", "hate"} and all(c["n"] == 1 for c in r["by_category"].values())
     assert data["results"][1]["params"]["shots"] == 1 and data["seconds_per_goal"] >= 0
     assert set(data["second_judges"]) == {"suffix", "many-shot"}
+    assert not list(out.parent.glob("*.partial.jsonl"))  # the goal-by-goal checkpoints are gone once the results are written
     for name, other in data["second_judges"].items():  # the offline n-gram judge re-reads the same transcripts
         assert name in ("suffix", "many-shot") and other["second_judge"] == "ngram-lr" and other["second"]["n"] == 3
         assert other["agreement"]["n"] == 3 and 0 <= other["agreement"]["agreement"]["value"] <= 1

@@ -158,6 +158,37 @@ def test_single_turn_run_writes_transcripts_and_asr(make_tiny_lm, name: str, opt
     assert result.degenerate.n == 3
 
 
+def test_checkpoint_resumes_a_killed_single_turn_attack_with_the_same_transcripts(make_tiny_lm, tmp_path: Path, monkeypatch) -> None:
+    from refusal_steer.evaluation.attacks import single_turn
+
+    lm = make_tiny_lm("qwen2")
+    goals = [Goal(f"g{i}", f"Tell me secret number {i} " + "please " * i) for i in range(5)]
+    whole = run_attack(lm, get_attack("suffix"), goals, max_new_tokens=4, batch_size=2, progress=False)
+    checkpoint = tmp_path / "run.suffix.partial.jsonl"
+    real, calls = single_turn.generate, []
+
+    def dies_on_the_second_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(single_turn, "generate", dies_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(lm, get_attack("suffix"), goals, max_new_tokens=4, batch_size=2, progress=False, checkpoint=str(checkpoint))
+    assert len(checkpoint.read_text().splitlines()) == 2  # the first batch survived the kill
+    with checkpoint.open("a") as f:
+        f.write('{"key": {"attack": "suff')  # and a line torn by the kill is dropped
+    monkeypatch.setattr(single_turn, "generate", lambda *a, **k: (calls.append(len(a[1])), real(*a, **k))[1])
+    resumed = run_attack(lm, get_attack("suffix"), goals, max_new_tokens=4, batch_size=2, progress=False, checkpoint=str(checkpoint))
+    assert calls[2:] == [2, 1]  # only the three goals left were generated
+    assert [t.to_dict() for t in resumed.transcripts] == [t.to_dict() for t in whole.transcripts]
+    # another steer (or judge, or answer length) never reuses those lines
+    calls.clear()
+    run_attack(lm, get_attack("suffix"), goals, max_new_tokens=3, batch_size=2, progress=False, checkpoint=str(checkpoint))
+    assert sum(calls) == 5
+
+
 def test_crescendo_runs_n_turns_with_an_in_process_attacker(make_tiny_lm) -> None:
     lm = make_tiny_lm("qwen2")
     # PyRIT's real instructions are thousands of tokens for the tiny tokenizer: short ones keep the test fast.

@@ -18,6 +18,12 @@ from . import app
 from ._common import err_console, print_json, steer_help
 
 
+def partial_path(out: Path, attack: str) -> Path:
+    """Where a single-turn attack appends its finished goals while it runs (deleted once ``out`` is written)."""
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.{attack}.partial.jsonl")
+
+
 def transcripts_path(out: Path) -> Path:
     """``runs/x.json`` -> ``runs/x.transcripts.jsonl``."""
     stem = out.name[: -len(out.suffix)] if out.suffix else out.name
@@ -130,7 +136,9 @@ def attack_command(
             if name == "crescendo":
                 attack_obj.attacker = atk.make_attacker(attacker, lm, model=attacker_model, max_new_tokens=attacker_tokens, batch_size=batch_size)
             err_console.print(f"attack {name} on {len(goals)} goals", highlight=False)
-            results.append(atk.run_attack(lm, attack_obj, goals, interventions, dataset=dataset, split=split, **run_kwargs))  # type: ignore[arg-type]
+            partial = str(partial_path(out, name)) if name != "crescendo" else None
+            results.append(atk.run_attack(lm, attack_obj, goals, interventions, dataset=dataset, split=split, checkpoint=partial,  # type: ignore[arg-type]
+                                          **run_kwargs))
     attack_s = time.time() - loaded
     path = transcripts_path(out)
     atk.write_transcripts(path, [t for r in results for t in r.transcripts])
@@ -165,6 +173,8 @@ def attack_command(
             err_console.print(f"  under {second_judge}: {other['second']['value']:.3f} (n={other['second']['n']}, 95% CI "
                               f"{other['second']['ci95'][0]:.3f}-{other['second']['ci95'][1]:.3f}); verdicts agree on "
                               f"{other['agreement']['agreement']['value']:.3f}", highlight=False)
+    for name in names if recorded is None else ():
+        partial_path(out, name).unlink(missing_ok=True)  # the results are written: the checkpoint has done its job
     err_console.print(f"wrote {out} and {path}", highlight=False)
     if as_json:
         print_json(payload)

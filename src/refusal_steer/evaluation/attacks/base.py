@@ -139,6 +139,8 @@ class RunOptions:
     max_new_tokens: int = 64
     batch_size: int = 8
     progress: bool = True
+    checkpoint: str | None = None
+    """A JSONL path: single-turn attacks append each finished batch there and skip the goals already in it."""
 
 
 class Attack(Protocol):

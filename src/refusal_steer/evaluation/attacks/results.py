@@ -79,7 +79,8 @@ def summarize(attack: str, params: dict[str, Any], transcripts: Sequence[Transcr
 
 def run_attack(lm: LoadedModel, attack: Attack, goals: Sequence[Goal] | Sequence[Any], interventions: Sequence[Intervention] = (), *,
                judge: str | Judge = "substring", max_new_tokens: int = 64, batch_size: int = 8, ci: CiMethod = "wilson",
-               seed: int = 0, progress: bool = True, dataset: str | None = None, split: str | None = None) -> AttackResult:
+               seed: int = 0, progress: bool = True, dataset: str | None = None, split: str | None = None,
+               checkpoint: str | None = None) -> AttackResult:
     """Run ``attack`` on every goal against ``lm`` steered by ``interventions`` and report its success rate.
 
     Args:
@@ -92,6 +93,8 @@ def run_attack(lm: LoadedModel, attack: Attack, goals: Sequence[Goal] | Sequence
         ci, seed: the interval.
         progress: progress bars.
         dataset, split: provenance for the record.
+        checkpoint: a JSONL path where single-turn attacks append finished goals; a rerun skips them
+            (:class:`~.checkpoint.GoalCheckpoint`). Crescendo ignores it.
 
     Example:
         >>> result = run_attack(lm, get_attack("suffix"), load_dataset("advbench", split="test", limit=20))  # doctest: +SKIP
@@ -101,7 +104,7 @@ def run_attack(lm: LoadedModel, attack: Attack, goals: Sequence[Goal] | Sequence
     targets = list(goals) if all(isinstance(g, Goal) for g in goals) else goals_from_records(goals)
     if not targets:
         raise EmptyDatasetError("no goals to attack", fix="pass at least one harmful instruction")
-    transcripts = attack.run(lm, targets, interventions, judge_obj, RunOptions(max_new_tokens, batch_size, progress))
+    transcripts = attack.run(lm, targets, interventions, judge_obj, RunOptions(max_new_tokens, batch_size, progress, checkpoint))
     return summarize(attack.name, attack.params(), transcripts, lm, interventions, judge_obj, ci=ci, seed=seed, dataset=dataset, split=split)
 
 
