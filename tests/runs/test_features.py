@@ -131,10 +131,13 @@ def test_compare_runs_every_steerer_on_test_prompts_and_resumes(setup, tmp_path,
     assert per_prompt["class"] == "harmful" and per_prompt["in_sample"] and len(per_prompt["sets"]) == 5
     assert all(0 < len(s) <= 4 for s in per_prompt["sets"]) and per_prompt["refusal"]["steer"].startswith("per-prompt:")
     assert "(in-sample sets)" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert "harmful, ngram-lr (agreement)" in (tmp_path / "cmp" / "compare.md").read_text()
     for cell in result["cells"]:
         assert cell["refusal"]["n"] == 5 and cell["refusal"]["split"] == "test" and cell["refusal"]["judge"].startswith("substring")
         if cell["class"] == "harmless" and cell["steerer"] != "baseline":
             assert cell["kl"]["metric"] == "kl"
+        two = cell["second"]  # the second judge on the same answers, with its agreement
+        assert two["second_judge"] == "ngram-lr" and two["second"]["n"] == 5 and two["agreement"]["n"] == 5
     fingerprints = {c["steerer"]: c["refusal"]["steer"] for c in result["cells"] if c["class"] == "harmful"}
     assert len(set(fingerprints.values())) == len(fingerprints)  # every steerer is a different steer
     assert "kapros_ranking_holds" in result["verdict"]

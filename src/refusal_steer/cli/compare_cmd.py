@@ -23,6 +23,7 @@ def compare(
                                            "latents-unfiltered, latents-actdiff, latents-attribution, latents-per-prompt, latents-induce, actadd (default: all); run in "
                                            "this order, the baseline always included."),
     judge: str = typer.Option("substring", help="Refusal judge."),
+    second_judge: str = typer.Option("ngram-lr", "--second-judge", help="A second judge re-reading the same answers (no generation); 'none' skips it."),
     max_new_tokens: int = typer.Option(32, help="Answer length."),
     seed: int = typer.Option(0, help="Seed of the splits and bootstrap."),
     dtype: str = typer.Option(None, help="Model dtype."),
@@ -33,7 +34,7 @@ def compare(
     from ..runs.compare import BYPASS, INDUCE, CompareConfig, compare_steerers
 
     chosen = tuple(s.strip() for s in steerers.split(",")) if steerers else BYPASS + INDUCE
-    config = CompareConfig(harmful=harmful, harmless=harmless, limit=limit, judge=judge, max_new_tokens=max_new_tokens, seed=seed, steerers=chosen)
+    config = CompareConfig(harmful=harmful, harmless=harmless, limit=limit, judge=judge, second_judge=None if second_judge == 'none' else second_judge, max_new_tokens=max_new_tokens, seed=seed, steerers=chosen)
     lm = load_model(model, dtype=dtype)
     result = compare_steerers(lm, direction, features, out, config)
     if as_json:

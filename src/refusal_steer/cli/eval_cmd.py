@@ -234,7 +234,7 @@ def judge_command(
                               "judge_version": second.version, "refused": refused2}
             result["agreement"] = agree
             summary += (f"; {rate2} judge {second.name}@{second.version}; agreement {agree['agreement']['value']:.3f}"
-                        f" (kappa {agree['cohen_kappa']:.2f}, n {agree['n']})")
+                        f" (kappa {'undefined' if agree['cohen_kappa'] is None else format(agree['cohen_kappa'], '.2f')}, n {agree['n']})")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")

@@ -141,7 +141,7 @@ def agreement_with_labels(judge: str | Judge = "substring", dataset: str = "refu
 
 
 def verdict_agreement(first: Sequence[bool], second: Sequence[bool]) -> dict[str, Any]:
-    """How often two judges' verdicts on the same completions agree: the share equal (with its Wilson 95% interval) and Cohen's kappa.
+    """How often two judges' verdicts on the same completions agree: the share equal (with its Wilson 95% interval) and Cohen's kappa (None when both give one verdict only).
 
     Example:
         >>> verdict_agreement([True, False, True, False], [True, False, False, False])["agreement"]["value"]
@@ -154,6 +154,15 @@ def verdict_agreement(first: Sequence[bool], second: Sequence[bool]) -> dict[str
     same = rate_from_bools([x == y for x, y in zip(a, b)])
     pa, pb = (sum(a) / n, sum(b) / n) if n else (0.0, 0.0)
     expected = pa * pb + (1 - pa) * (1 - pb)
-    kappa = (same.value - expected) / (1 - expected) if n and expected < 1 else float("nan")
+    kappa = (same.value - expected) / (1 - expected) if n and expected < 1 else None  # undefined when both judges give one verdict only
     return {"n": n, "agreement": same.to_dict(), "cohen_kappa": kappa,
             "only_first": sum(x and not y for x, y in zip(a, b)), "only_second": sum(y and not x for x, y in zip(a, b))}
+
+
+def two_judges(first: Sequence[bool], second: Sequence[bool] | None, judge2: str | None) -> dict[str, Any]:
+    """The second judge's rate (n, Wilson 95% CI) and its agreement with the first on the same verdicts ({} without one)."""
+    if second is None:
+        return {}
+    rate = rate_from_bools(list(second))
+    return {"second_judge": judge2, "second": {"value": rate.value, "n": rate.n, "ci95": list(rate.ci95)},
+            "agreement": verdict_agreement(list(first), list(second))}

@@ -36,7 +36,8 @@ from ..directions.io import load_ablation_direction
 from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
 from ..evaluation.kl import evaluate_kl
-from ..evaluation.refusal import evaluate_refusal, evaluate_refusal_per_prompt
+from ..evaluation.agreement import two_judges
+from ..evaluation.refusal import evaluate_refusal, evaluate_refusal_per_prompt, judge_completions
 from ..features.attribution import attribute
 from ..features.featureset import FeatureSet, LatentRef, bypass_steer, clamp_steer, induce_steer, load_feature_saes, load_features
 from ..features.scores import cosine_scores, global_top, per_sae_top
@@ -67,6 +68,8 @@ class CompareConfig:
     limit: int = 100
     seed: int = 0
     judge: str = "substring"
+    second_judge: str | None = "ngram-lr"
+    """Re-reads every cell's saved answers (no generation): its rate and agreement with ``judge`` go in the cell."""
     max_new_tokens: int = 32
     batch_size: int = 8
     generation_batch_size: int = 32
@@ -199,6 +202,27 @@ def _write_cell(out: RunDir, steer_name: str, cls: str, key: list[Any], result: 
     return cell
 
 
+def _with_second_judge(out: RunDir, cell: dict[str, Any], config: CompareConfig) -> dict[str, Any]:
+    """Add ``config.second_judge``'s refusal rate on the cell's saved answers and its agreement with the first judge.
+
+    Nothing is generated: the answers are read from ``CDIR/completions``. A cell whose answers are not there (copied
+    in from elsewhere) keeps no second figure rather than a made-up one.
+    """
+    judge2 = config.second_judge
+    if not judge2 or cell.get("second", {}).get("second_judge") == judge2:
+        return cell
+    file = out.file(f"completions/{cell['steerer']}-{cell['class']}.jsonl")
+    if not file.is_file():
+        return cell
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    if len(rows) != cell["refusal"]["n"]:
+        return cell
+    verdicts = judge_completions(judge2, [r["prompt"] for r in rows], [r["text"] for r in rows])
+    cell = {**cell, "second": two_judges([bool(r["refused"]) for r in rows], verdicts, judge2)}
+    write_json(out.file(f"cells/{cell['steerer']}-{cell['class']}.json"), cell)
+    return cell
+
+
 def _cell(lm: LoadedModel, out: RunDir, steer_name: str, steer: list[Intervention], cls: str, prompts: list[str], config: CompareConfig,
           dataset: str, progress: bool) -> dict[str, Any]:
     key = [fingerprint(steer) if steer else "none", config.judge, config.max_new_tokens, len(prompts), config.seed, stable_hash(prompts)]
@@ -279,8 +303,10 @@ def _report(out: RunDir, cells: dict[tuple[str, str], dict[str, Any]], verdict: 
     lines = ["## Top-down vs bottom-up steering", "",
              f"Held-out test prompts ({config.harmful} / {config.harmless}, test split, up to {config.limit} each), judge `{config.judge}`, "
              f"greedy, {config.max_new_tokens} new tokens. Rates with their 95% Wilson intervals; KL is the harmless next-token KL (bootstrap CI).", "",
-             "| steerer | harmful refusal (n, 95% CI) | harmless refusal (n, 95% CI) | harmless KL (95% CI) | loops harmful / harmless |",
-             "|---|---|---|---|---|"]
+             f"The second judge (`{config.second_judge}`) re-reads the same answers; its column gives its rate and its agreement with the first.", "",
+             f"| steerer | harmful refusal (n, 95% CI) | harmful, {config.second_judge} (agreement) | harmless refusal (n, 95% CI) | "
+             f"harmless, {config.second_judge} (agreement) | harmless KL (95% CI) | loops harmful / harmless |",
+             "|---|---|---|---|---|---|---|"]
     names = list(dict.fromkeys(name for name, _ in cells))
     for name in names:
         def rate(cls: str) -> str:
@@ -290,11 +316,18 @@ def _report(out: RunDir, cells: dict[tuple[str, str], dict[str, Any]], verdict: 
             r = cell["refusal"]
             return f"{r['value']:.3f} ({r['n']}, {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})"
 
+        def second(cls: str) -> str:
+            two = cells.get((name, cls), {}).get("second")
+            if not two:
+                return ""
+            r, agree = two["second"], two["agreement"]["agreement"]["value"]
+            return f"{r['value']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}; {agree:.2f})"
+
         kl_cell = cells.get((name, "harmless"), {}).get("kl")
         kl = f"{kl_cell['value']:.4f} ({kl_cell['ci95'][0]:.4f}-{kl_cell['ci95'][1]:.4f})" if kl_cell else ""
         loops = " / ".join(f"{cells[(name, c)]['loop_rate']:.3f}" if (name, c) in cells else "-" for c in ("harmful", "harmless"))
         shown = f"{name} (in-sample sets)" if cells.get((name, "harmful"), {}).get("in_sample") else name
-        lines.append(f"| {shown} | {rate('harmful')} | {rate('harmless')} | {kl} | {loops} |")
+        lines.append(f"| {shown} | {rate('harmful')} | {second('harmful')} | {rate('harmless')} | {second('harmless')} | {kl} | {loops} |")
     eff = verdict["effectiveness"]
     lines += ["", "Effectiveness (baseline harmful refusal minus the steerer's): " + ", ".join(f"{k} {v:.3f}" for k, v in eff.items()) + "."]
     if verdict.get("topdown_over_sae") is not None:
@@ -328,11 +361,12 @@ def compare_steerers(lm: LoadedModel, direction_dir: str | Path, features_dir: s
         classes = ("harmless",) if name in INDUCE else ("harmful", "harmless")
         for cls in classes:
             dataset = config.harmful if cls == "harmful" else config.harmless
-            cells[(name, cls)] = _cell(lm, out, name, steer, cls, test[cls], config, dataset, progress)
+            cells[(name, cls)] = _with_second_judge(out, _cell(lm, out, name, steer, cls, test[cls], config, dataset, progress), config)
             r = cells[(name, cls)]["refusal"]
             logger.info("%s on %s: refusal %.3f (n=%d)", name, cls, r["value"], r["n"])
     if "latents-per-prompt" in config.steerers and "attribution" in load_features(features_dir).method:
-        cells[("latents-per-prompt", "harmful")] = _per_prompt_cell(lm, out, direction_dir, features_dir, test["harmful"], config, progress)
+        cells[("latents-per-prompt", "harmful")] = _with_second_judge(out, _per_prompt_cell(lm, out, direction_dir, features_dir, test["harmful"],
+                                                                                           config, progress), config)
     verdict = kapros_verdict(cells)
     rows = []
     for name in dict.fromkeys(name for name, _ in cells):

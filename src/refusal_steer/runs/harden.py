@@ -44,7 +44,8 @@ from ..directions.steers import resolve_actadd
 from ..errors import ConfigError
 from ..evaluation.attacks import get_attack, run_attack
 from ..evaluation.attacks.base import Goal, Transcript, goals_from_records
-from ..evaluation.attacks.rejudge import second_opinion, two_judges
+from ..evaluation.agreement import two_judges
+from ..evaluation.attacks.rejudge import second_opinion
 from ..evaluation.capability import evaluate_gsm8k, evaluate_multiple_choice, stratified_subset
 from ..evaluation.kl import evaluate_kl
 from ..evaluation.refusal import evaluate_refusal, judge_completions

@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..agreement import verdict_agreement
+from ..agreement import two_judges
 from ..refusal import judge_completions
-from ..stats import rate_from_bools
 from .base import Transcript
 
 
@@ -20,15 +19,6 @@ def rejudge(transcripts: Sequence[Transcript], judge: str) -> list[bool]:
     prompts = [t.messages[: t.generated[-1]] for t in transcripts]
     texts = [t.messages[t.generated[-1]]["content"] for t in transcripts]
     return judge_completions(judge, prompts, texts, conversation=True)
-
-
-def two_judges(first: Sequence[bool], second: Sequence[bool] | None, judge2: str | None) -> dict[str, Any]:
-    """The second judge's rate (n, Wilson 95% CI) and its agreement with the first on the same verdicts ({} without one)."""
-    if second is None:
-        return {}
-    rate = rate_from_bools(list(second))
-    return {"second_judge": judge2, "second": {"value": rate.value, "n": rate.n, "ci95": list(rate.ci95)},
-            "agreement": verdict_agreement(list(first), list(second))}
 
 
 def second_opinion(transcripts: Sequence[Transcript], judge2: str) -> dict[str, Any]:
