@@ -106,6 +106,27 @@ def test_bad_configs_get_clear_errors():
         HardenConfig(gated=False, ungated=False)
     with pytest.raises(ConfigError, match="limit"):
         HardenConfig(limit=0)
+    with pytest.raises(ConfigError, match="shots"):
+        HardenConfig(shots=0)
+
+
+def test_cli_passes_shots_to_the_config(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from refusal_steer.cli import build_app
+    from refusal_steer.runs import harden as harden_module
+
+    seen = {}
+
+    def fake_harden(lm, direction, out, config, **kwargs):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(harden_module, "harden", fake_harden)
+    monkeypatch.setattr("refusal_steer.models.load_model", lambda *a, **k: None)
+    result = CliRunner().invoke(build_app(), ["harden", "--direction", str(tmp_path), "--out", str(tmp_path / "h"), "--quick", "--shots", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].shots == 4 and seen["config"].limit == 20
 
 
 def test_head_and_obrien_families_build_from_the_run_folder(setup, tmp_path, monkeypatch):

@@ -117,7 +117,7 @@ class HardenConfig:
                               fix=f"choose from {', '.join(SINGLE_TURN)}; Crescendo is replayed from crescendo_transcripts")
         if not (self.gated or self.ungated):
             raise ConfigError("both gated and ungated are off: nothing to measure", fix="keep at least one")
-        for name in ("limit", "n_harmless", "n_train", "n_val", "trials"):
+        for name in ("limit", "n_harmless", "n_train", "n_val", "trials", "shots"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
 
