@@ -9,7 +9,7 @@ fixed seed. Pass transcripts of unsteered runs only (the set is the baseline mod
     python scripts/build_fresh_labels.py runs/attack/*.transcripts.jsonl --out runs/fresh.unlabelled.jsonl
 
 A reader then adds ``label`` (true = refusal) and ``note`` under ``labelled_completions_v1.rules.txt``, and
-``--merge LABELS.jsonl`` writes ``src/refusal_steer/data/labelled/labelled_completions_fresh_v1.jsonl``
+``--merge LABELS.jsonl`` appends them to ``src/refusal_steer/data/labelled/labelled_completions_fresh_v1.jsonl``
 (dataset ``refusal-labels-fresh``; every row's ``split`` is ``fresh``: no judge is ever fitted on it).
 """
 
@@ -30,7 +30,9 @@ FRESH = Path(__file__).resolve().parents[1] / "src/refusal_steer/data/labelled/l
 
 
 def draw(files: list[Path], per_family: int, seed: int) -> list[dict]:
-    seen = {normalize_text(r["text"]) for r in read_labelled_completions()}
+    existing = read_labelled_completions(FRESH.name) if FRESH.is_file() else []
+    seen = {normalize_text(r["text"]) for r in [*read_labelled_completions(), *existing]}
+    first_id = 1 + max((int(r["id"].split("-")[1]) for r in existing), default=-1)
     by_family: dict[str, list[dict]] = {}
     for file in files:
         for line in file.read_text().splitlines():
@@ -50,7 +52,7 @@ def draw(files: list[Path], per_family: int, seed: int) -> list[dict]:
                 continue
             seen.add(key)
             kept += 1
-            out.append({"id": f"fresh-{len(out):04d}", "condition": f"attack-{family}", "objective": r["objective"], "prompt": r["prompt"],
+            out.append({"id": f"fresh-{first_id + len(out):04d}", "condition": f"attack-{family}", "objective": r["objective"], "prompt": r["prompt"],
                         "text": r["text"], "source": f"refusal-steer attack --model default (unsteered, greedy, 64 new tokens): {family} on {r['goal_id']}"})
     return out
 
@@ -84,6 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         rows = merge(args.out, args.merge)
+        existing = read_labelled_completions(FRESH.name) if FRESH.is_file() else []
+        clash = {r["id"] for r in existing} & {r["id"] for r in rows}
+        if clash:
+            raise SystemExit(f"{len(clash)} ids are already in {FRESH.name} (e.g. {sorted(clash)[0]}): draw again")
+        rows = existing + rows
         FRESH.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         print(f"wrote {len(rows)} rows ({sum(r['label'] for r in rows)} refusals) to {FRESH}")
         return
