@@ -130,6 +130,17 @@ def test_fresh_labelled_set_is_disjoint_from_the_fitted_one_and_never_fitted() -
     assert a.accuracy.n == len(fresh) and a.recall.n == sum(r["label"] for r in fresh)
 
 
+def test_second_rater_agrees_with_the_v1_labels() -> None:
+    from refusal_steer.data.sources.judging import labelled_completions_text
+    from refusal_steer.evaluation.agreement import verdict_agreement
+
+    v1 = {r["id"]: r["label"] for r in read_labelled_completions()}
+    second = [json.loads(line) for line in labelled_completions_text("labelled_completions_v1.second_rater.jsonl").splitlines()]
+    assert len(second) == 60 and all(r["id"] in v1 for r in second)
+    agree = verdict_agreement([v1[r["id"]] for r in second], [r["label"] for r in second])
+    assert agree["agreement"]["k"] == 59 and agree["cohen_kappa"] > 0.85  # docs/evaluation.md: 59/60, kappa 0.90
+
+
 @pytest.mark.slow  # about 6 s on an idle 2-core CPU, a minute under load
 def test_fit_reproduces_the_shipped_weights(rows) -> None:
     shipped = load_weights()
