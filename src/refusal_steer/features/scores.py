@@ -39,9 +39,9 @@ def prompt_mask(attention_mask: Tensor, skip_tokens: int) -> Tensor:
     return attention_mask.bool() & (index >= skip_tokens)
 
 
-def latent_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], token_lists: Sequence[Sequence[int]],
-                       skip_tokens: int) -> tuple[dict[str, Tensor], Tensor]:
-    """Latents of one batch at every SAE's point (``{name: (batch, seq, d_sae)}``) and the token mask (``(batch, seq)``)."""
+def _record(lm: LoadedModel, points: Mapping[str, HookPoint], token_lists: Sequence[Sequence[int]],
+            skip_tokens: int) -> tuple[dict[HookPoint, Tensor], Tensor]:
+    """The activations of one batch at every point (one forward, stopped after the deepest) and the token mask."""
     recorder = Recorder(tuple(dict.fromkeys(points.values())), stop_after_last=True)
     batch = build_batch(lm, token_lists, share_prefix=False)
     with torch.no_grad(), apply(lm, [recorder]):
@@ -49,8 +49,16 @@ def latent_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping
             forward(lm, batch)
         except StopForward:
             pass
-        latents = {name: sae.encode(recorder[points[name]].to(sae.device)).float().cpu() for name, sae in saes.items()}
-    return latents, prompt_mask(batch.attention_mask.cpu(), skip_tokens)
+    return {p: recorder[p] for p in dict.fromkeys(points.values())}, prompt_mask(batch.attention_mask.cpu(), skip_tokens)
+
+
+def latent_activations(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], token_lists: Sequence[Sequence[int]],
+                       skip_tokens: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Latents of one batch at every SAE's point (``{name: (batch, seq, d_sae)}``) and the token mask (``(batch, seq)``)."""
+    acts, mask = _record(lm, points, token_lists, skip_tokens)
+    with torch.no_grad():
+        latents = {name: sae.encode(acts[points[name]].to(sae.device)).float().cpu() for name, sae in saes.items()}
+    return latents, mask
 
 
 def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, HookPoint], prompts: Sequence[str], skip_tokens: int,
@@ -63,17 +71,23 @@ def _per_prompt(lm: LoadedModel, saes: Mapping[str, Sae], points: Mapping[str, H
     out = {name: torch.zeros(len(prompts), sae.cfg.d_sae) for name, sae in saes.items()}
     for start in tqdm(range(0, len(order), batch_size), desc="latent activations", unit="batch", disable=not progress, leave=False):
         rows = order[start:start + batch_size]
-        latents, mask = latent_activations(lm, saes, points, [tokens[i] for i in rows], skip_tokens)
-        m = mask.unsqueeze(-1).float()
-        for name, z in latents.items():
-            if reduce == "last":  # rows are left-padded: the last column is every prompt's last token
-                value = z[:, -1, :]
-            elif reduce == "max":
-                value = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, -torch.inf)).amax(1)
+        acts, mask = _record(lm, points, [tokens[i] for i in rows], skip_tokens)
+        keep = mask.unsqueeze(-1)
+        # One SAE at a time, reduced at once: the peak is one SAE's (batch, seq, d_sae), not every SAE's.
+        for name, sae in saes.items():
+            x = acts[points[name]]
+            with torch.no_grad():
+                if reduce == "last":  # rows are left-padded: the last column is every prompt's last token; encode only it
+                    out[name][rows] = sae.encode(x[:, -1:, :].to(sae.device)).float().cpu()[:, 0, :]
+                    continue
+                z = sae.encode(x.to(sae.device)).float().cpu()
+            if reduce == "max":
+                value = z.masked_fill_(~keep, -torch.inf).amax(1)
                 value = torch.where(torch.isfinite(value), value, torch.zeros_like(value))
             else:
-                value = (z * m).sum(1) / m.sum(1).clamp_min(1)
+                value = z.mul_(keep).sum(1) / keep.sum(1).clamp_min(1)
             out[name][rows] = value
+            del z
     return out
 
 
