@@ -122,13 +122,18 @@ def test_run_probes_end_to_end_and_the_mechanism_equals_a_hand_computation(make_
     def fail(*args, **kwargs):
         raise AssertionError("activations recomputed")
 
-    original = module.residual_features
-    module.residual_features = fail
+    original, original_latents = module.residual_features, module.latent_features
+    module.residual_features = module.latent_features = fail
     try:
         again = run_probes(lm, paths["features"], paths["transcripts"], out, config_for(paths), progress=False)
+        # another reduction redoes the latents only: the dense residuals do not depend on it
+        module.latent_features = original_latents
+        last = run_probes(lm, paths["features"], paths["transcripts"], out, config_for(paths, reduce="last"), progress=False)
     finally:
-        module.residual_features = original
+        module.residual_features, module.latent_features = original, original_latents
     assert again["probes"] == summary["probes"]
+    assert last["config"]["reduce"] == "last"
+    assert [r["ood"] for r in last["probes"] if r["kind"] == "dense"] == [r["ood"] for r in summary["probes"] if r["kind"] == "dense"]
 
     # re-judging the recorded answers with a judge gives the same labels here, and says so
     rejudged = run_probes(lm, paths["features"], paths["transcripts"], tmp_path / "rejudged", config_for(paths, judge="substring", layers=(1,)),

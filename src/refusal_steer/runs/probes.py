@@ -200,7 +200,7 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
 
     Writes ``OUT/probes.json`` (per probe kind and layer: train n, in-distribution and OOD accuracy and AUROC with
     95% intervals, the judge), ``OUT/mechanism.json``, ``OUT/probes_ood_accuracy.png`` and ``OUT/manifest.json``;
-    the activations are cached in ``OUT/activations.safetensors`` (reused when the inputs are unchanged).
+    the activations are cached in ``OUT/residuals.safetensors`` and ``OUT/latents.safetensors`` (each reused while its inputs are unchanged: another ``reduce`` redoes only the latents).
 
     Raises:
         ConfigError: a missing features folder or transcripts file, an empty latent set or prompt set, transcripts
@@ -240,24 +240,32 @@ def run_probes(lm: LoadedModel, features_dir: str | Path, transcripts_file: str 
     prompt_sets = {"train": train_harmful + train_harmless, "test": test_harmful + test_harmless, "ood": wrapped, "plain": goals}
 
     out = RunDir(Path(out_dir))
-    # what the activations depend on (not the judge, l2 or the bootstrap): changing those reuses the cache
-    extraction = {k: v for k, v in asdict(config).items() if k in ("reduce", "batch_size", "system")}
-    inputs = {"extraction": extraction, "model": lm.spec, "model_sha256": lm.source_sha256, "latents": [r.key() for r in latents],
-              "control": [r.key() for r in control], "saes": features.saes, "prompts": stable_hash([prompt_sets, layers])}
-    if not out.is_done("activations", inputs, ["activations.safetensors"]):
-        saes = load_feature_saes(features, lm, [n for n in features.saes if any(r.sae == n for r in latents + control)])
-        tensors: dict[str, torch.Tensor] = {}
+    # Two cached stages: the dense residuals do not depend on the latent reduction, so --reduce last (or another
+    # latent set) redoes only the latent pass. Neither depends on the judge, l2 or the bootstrap.
+    base = {"model": lm.spec, "model_sha256": lm.source_sha256, "batch_size": config.batch_size, "system": config.system,
+            "prompts": stable_hash([prompt_sets, layers])}
+    if not out.is_done("residuals", base, ["residuals.safetensors"]):
+        t0 = time.time()
+        dense: dict[str, torch.Tensor] = {}
         for key, prompts in prompt_sets.items():
             if key != "plain":
                 for layer, x in residual_features(lm, prompts, layers, batch_size=config.batch_size, system=config.system, progress=progress).items():
-                    tensors[f"{key}/dense/{layer}"] = x
+                    dense[f"{key}/dense/{layer}"] = x
+        save_file({k: v.contiguous().float() for k, v in dense.items()}, str(out.file("residuals.safetensors")))
+        out.mark_done("residuals", base, time.time() - t0)
+    latent_inputs = {**base, "reduce": config.reduce, "latents": [r.key() for r in latents], "control": [r.key() for r in control], "saes": features.saes}
+    if not out.is_done("latents", latent_inputs, ["latents.safetensors"]):
+        t0 = time.time()
+        saes = load_feature_saes(features, lm, [n for n in features.saes if any(r.sae == n for r in latents + control)])
+        sparse: dict[str, torch.Tensor] = {}
+        for key, prompts in prompt_sets.items():
             sets = {"latents": latents, "random_latents": control}
             for kind, x in latent_features(lm, features, saes, sets, prompts, reduce=config.reduce, batch_size=config.batch_size,
                                            system=config.system, progress=progress).items():
-                tensors[f"{key}/{kind}"] = x
-        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(out.file("activations.safetensors")))
-        out.mark_done("activations", inputs, time.time() - started)
-    tensors = load_file(str(out.file("activations.safetensors")))
+                sparse[f"{key}/{kind}"] = x
+        save_file({k: v.contiguous().float() for k, v in sparse.items()}, str(out.file("latents.safetensors")))
+        out.mark_done("latents", latent_inputs, time.time() - t0)
+    tensors = {**load_file(str(out.file("residuals.safetensors"))), **load_file(str(out.file("latents.safetensors")))}
 
     y_train = torch.tensor([True] * len(train_harmful) + [False] * len(train_harmless))
     y_test = torch.tensor([True] * len(test_harmful) + [False] * len(test_harmless))
