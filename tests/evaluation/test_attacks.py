@@ -28,6 +28,7 @@ from refusal_steer.evaluation.attacks import (
     run_attack,
     write_transcripts,
 )
+from refusal_steer.evaluation.judges import get_judge
 from refusal_steer.interventions import Add
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -198,6 +199,39 @@ def test_crescendo_runs_n_turns_with_an_in_process_attacker(make_tiny_lm) -> Non
         assert len(t.generated) == 3 and len(t.refused) == 3 and len(t.attempts) == 3
         assert [m["role"] for m in t.messages] == ["user", "assistant"] * 3 and t.params["backtracks"] == 0
         assert all(a["kept"] for a in t.attempts) and t.success
+
+
+def test_crescendo_resumes_from_its_last_finished_step(make_tiny_lm, tmp_path: Path, monkeypatch) -> None:
+    from refusal_steer.evaluation.attacks import crescendo as module
+
+    lm = make_tiny_lm("qwen2")
+
+    def attack():
+        return CrescendoAttack(LocalAttacker(lm, max_new_tokens=4), turns=3, max_backtracks=1, instructions=SHORT_INSTRUCTIONS)
+
+    options = RunOptions(max_new_tokens=3, progress=False, checkpoint=str(tmp_path / "cr.partial.json"))
+    whole = attack().run(lm, GOALS[:2], [], get_judge("substring"), RunOptions(max_new_tokens=3, progress=False))
+    real, steps = module.CrescendoAttack._step, []
+
+    def dies_in_the_third_step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.CrescendoAttack, "_step", dies_in_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        attack().run(lm, GOALS[:2], [], get_judge("substring"), options)
+    saved = json.loads((tmp_path / "cr.partial.json").read_text())
+    assert all(s["turns_done"] == 2 for s in saved["states"])  # two finished steps survived
+    monkeypatch.setattr(module.CrescendoAttack, "_step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    resumed = attack().run(lm, GOALS[:2], [], get_judge("substring"), options)
+    assert len(steps) == 4  # only the last step was run again
+    assert [t.to_dict() for t in resumed] == [t.to_dict() for t in whole]
+    # other goals (or options) start afresh
+    steps.clear()
+    attack().run(lm, GOALS[1:3], [], get_judge("substring"), options)
+    assert len(steps) == 3
 
 
 def test_crescendo_backtracks_on_refusal(make_tiny_lm) -> None:

@@ -19,9 +19,9 @@ from ._common import err_console, print_json, steer_help
 
 
 def partial_path(out: Path, attack: str) -> Path:
-    """Where a single-turn attack appends its finished goals while it runs (deleted once ``out`` is written)."""
+    """Where an attack saves its progress while it runs (deleted once ``out`` is written)."""
     stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.{attack}.partial.jsonl")
+    return out.with_name(f"{stem}.{attack}.partial.{'json' if attack == 'crescendo' else 'jsonl'}")
 
 
 def transcripts_path(out: Path) -> Path:
@@ -136,7 +136,7 @@ def attack_command(
             if name == "crescendo":
                 attack_obj.attacker = atk.make_attacker(attacker, lm, model=attacker_model, max_new_tokens=attacker_tokens, batch_size=batch_size)
             err_console.print(f"attack {name} on {len(goals)} goals", highlight=False)
-            partial = str(partial_path(out, name)) if name != "crescendo" else None
+            partial = str(partial_path(out, name))
             results.append(atk.run_attack(lm, attack_obj, goals, interventions, dataset=dataset, split=split, checkpoint=partial,  # type: ignore[arg-type]
                                           **run_kwargs))
     attack_s = time.time() - loaded

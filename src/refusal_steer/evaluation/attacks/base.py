@@ -140,7 +140,8 @@ class RunOptions:
     batch_size: int = 8
     progress: bool = True
     checkpoint: str | None = None
-    """A JSONL path: single-turn attacks append each finished batch there and skip the goals already in it."""
+    """Where progress is saved for a rerun to resume: single-turn attacks append each finished batch (JSONL);
+    Crescendo writes every goal's state after each step (JSON)."""
 
 
 class Attack(Protocol):

@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError
+from ...atomic import atomic_write_json
+from ...errors import ConfigError, CorruptFileError
 from ...generation import generate
 from ...hooks import Intervention
 from ...models.loaded import LoadedModel
@@ -112,6 +114,24 @@ class _State:
     last_answer: str | None = None
 
 
+def _state_dict(state: _State) -> dict[str, Any]:
+    return {**{k: v for k, v in asdict(state).items() if k != "goal"}, "goal_id": state.goal.id}
+
+
+def _restore(path: Path, key: dict[str, Any], goals: Sequence[Goal]) -> list[_State] | None:
+    """The states a killed run saved after its last finished step, if they were saved under the same key."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path} is not JSON: {exc}", fix=f"delete {path} to start the attack again") from exc
+    if saved.get("key") != json.loads(json.dumps(key)):
+        return None
+    by_id = {g.id: g for g in goals}
+    return [_State(goal=by_id[row.pop("goal_id")], **row) for row in saved["states"]]
+
+
 @register_attack("crescendo")
 class CrescendoAttack:
     """Multi-turn Crescendo with backtracking on refusal.
@@ -161,12 +181,19 @@ class CrescendoAttack:
         if self.attacker is None:
             raise ConfigError("the crescendo attack needs an attacker", fix="--attacker in-process or --attacker http://HOST/v1")
         text = self.instructions()
+        steer, judged = steer_id(interventions), judge_name(judge)
         states = [_State(g, [{"role": "system", "content": render_instructions(text, g.prompt, self.turns)}]) for g in goals]
-        bar = tqdm(total=len(goals) * self.turns, desc="crescendo turns", unit="turn", disable=not options.progress, leave=False)
+        key = {"attack": self.name, "params": self.params(), "instructions": text, "steer": steer, "judge": judged,
+               "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size, "goals": [[g.id, g.prompt] for g in goals]}
+        if options.checkpoint is not None:
+            states = _restore(Path(options.checkpoint), key, goals) or states
+        bar = tqdm(total=len(goals) * self.turns, initial=sum(s.turns_done for s in states), desc="crescendo turns", unit="turn",
+                   disable=not options.progress, leave=False)
         with bar:
             while active := [s for s in states if s.turns_done < self.turns]:
                 self._step(lm, active, interventions, judge, options, bar)
-        steer, judged = steer_id(interventions), judge_name(judge)
+                if options.checkpoint is not None:  # every goal's state after each step: a rerun continues from here
+                    atomic_write_json(Path(options.checkpoint), {"key": key, "states": [_state_dict(s) for s in states]})
         params = self.params()
         return [Transcript(attack=self.name, goal_id=s.goal.id, objective=s.goal.prompt, categories=list(s.goal.categories),
                            messages=s.history, generated=s.generated, refused=s.refused,

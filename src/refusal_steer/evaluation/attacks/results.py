@@ -93,8 +93,8 @@ def run_attack(lm: LoadedModel, attack: Attack, goals: Sequence[Goal] | Sequence
         ci, seed: the interval.
         progress: progress bars.
         dataset, split: provenance for the record.
-        checkpoint: a JSONL path where single-turn attacks append finished goals; a rerun skips them
-            (:class:`~.checkpoint.GoalCheckpoint`). Crescendo ignores it.
+        checkpoint: a path where the attack saves its progress so a rerun resumes: single-turn attacks append
+            finished goals (:class:`~.checkpoint.GoalCheckpoint`); Crescendo saves every goal's state after each step.
 
     Example:
         >>> result = run_attack(lm, get_attack("suffix"), load_dataset("advbench", split="test", limit=20))  # doctest: +SKIP
