@@ -89,13 +89,17 @@ def test_client_disconnect_mid_stream_stops_generation(live):
         scheduler.run_batch = inner
 
 
-def test_client_timeout_cancels_a_running_answer(live):
+def test_client_timeout_cancels_a_running_answer(live, lm, monkeypatch):
     """A non-streaming client that gives up (here: its own 0.3 s timeout) stops its row too."""
     import time
 
     import httpx2 as httpx
 
     url, app = live
+    # On an idle CPU the tiny model writes 200 tokens in under 0.3 s; 10 ms per forward makes the answer take
+    # over 2 s, so the client's timeout always comes first.
+    fast = lm.model.forward
+    monkeypatch.setattr(lm.model, "forward", lambda *a, **k: (time.sleep(0.01), fast(*a, **k))[1])
     scheduler = app.state.scheduler
     finished = []
     inner = scheduler.run_batch
