@@ -20,14 +20,12 @@ from ._common import err_console, print_json, steer_help
 
 def partial_path(out: Path, attack: str) -> Path:
     """Where an attack saves its progress while it runs (deleted once ``out`` is written)."""
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.{attack}.partial.{'json' if attack == 'crescendo' else 'jsonl'}")
+    return out.with_name(f"{out.stem}.{attack}.partial.{'json' if attack == 'crescendo' else 'jsonl'}")
 
 
 def transcripts_path(out: Path) -> Path:
     """``runs/x.json`` -> ``runs/x.transcripts.jsonl``."""
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return out.with_name(f"{stem}.transcripts.jsonl")
+    return out.with_name(f"{out.stem}.transcripts.jsonl")
 
 
 def _attack_options(name: str, *, seed: int, shots: int | None, turns: int | None, source: str | None, max_backtracks: int,

@@ -375,13 +375,14 @@ def upstream_downstream(lm: LoadedModel, direction_dir: str | Path, sae_refs: li
     generator = torch.Generator().manual_seed(config.seed)
     per_cat: dict[str, Any] = {}
     pooled, control = [], []
+    # Firing rates for the control, from one pass over every category's prompts (each category reads its own rows).
+    specific_saes = sorted({s for spec in specific.values() for s, _ in spec})
+    fired = {n: v > 0 for n, v in max_activations(lm, {n: saes[n] for n in specific_saes}, {n: points[n] for n in specific_saes}, prompts,
+                                                  skip_tokens=skip, batch_size=config.batch_size, system=config.system).items()}
     for c, rows in cats.items():
         cat_prompts = [prompts[i] for i in rows]
         result = downstream_drop(lm, saes, points, cat_prompts, specific[c], common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
-        clamped_saes = sorted({s for s, _ in specific[c]})
-        firing = {n: (v > 0).float().mean(0) for n, v in max_activations(lm, {n: saes[n] for n in clamped_saes}, {n: points[n] for n in clamped_saes},
-                                                                            cat_prompts, skip_tokens=skip, batch_size=config.batch_size,
-                                                                            system=config.system).items()}
+        firing = {n: f[rows].float().mean(0) for n, f in fired.items()}
         random_latents = firing_matched(firing, specific[c], common, generator)
         ctrl = downstream_drop(lm, saes, points, cat_prompts, random_latents, common, skip_tokens=skip, batch_size=config.batch_size, system=config.system)
         mean, lo, hi = bootstrap_mean_ci(result["relative_drop"], seed=config.seed)

@@ -24,6 +24,7 @@ class GoalCheckpoint:
     def __init__(self, path: str | Path, key: dict[str, Any]) -> None:
         self.path = Path(path)
         self.key = json.loads(json.dumps(key, sort_keys=True, default=str))
+        self._tail_checked = False
 
     def done(self) -> dict[str, Transcript]:
         """The transcripts already written under this key, by goal id (a torn last line, from a kill, is dropped)."""
@@ -45,7 +46,9 @@ class GoalCheckpoint:
 
     def append(self, transcripts: Sequence[Transcript]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_torn_tail()
+        if not self._tail_checked:  # only a kill before this run can have torn the last line: look once
+            self._drop_torn_tail()
+            self._tail_checked = True
         with self.path.open("a", encoding="utf-8") as f:
             for t in transcripts:
                 f.write(json.dumps({"key": self.key, "transcript": t.to_dict()}, ensure_ascii=False) + "\n")

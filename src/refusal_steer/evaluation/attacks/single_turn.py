@@ -45,7 +45,7 @@ def run_single_turn(attack: str, lm: LoadedModel, goals: Sequence[Goal], built: 
     params = [p for _, p in built]
     checkpoint = GoalCheckpoint(options.checkpoint, {"attack": attack, "steer": steer, "judge": judged, "max_new_tokens": options.max_new_tokens,
                                                       "batch_size": options.batch_size})
-    done = {gid: t for gid, t in checkpoint.done().items()}
+    done = checkpoint.done()
     todo = [i for i, g in enumerate(goals) if not (g.id in done and done[g.id].params == params[i])]
     # Longest first, so each batch holds prompts of about one length (little padding), as generate() orders them.
     todo.sort(key=lambda i: -sum(len(m["content"]) for m in built[i][0]))
